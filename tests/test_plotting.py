@@ -1,0 +1,95 @@
+"""metrics.jsonl logging, the plot CLI and the synthetic task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from trl_math.cli import main as cli_main
+from trl_math.run_log import MetricsLogCallback, read_metrics
+from trl_math.synthetic import arithmetic_trace, make_arithmetic_splits
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _log_run(output_dir, rewards, clock, start_step=0):
+    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none")
+    state = TrainerState()
+    callback = MetricsLogCallback(clock=clock)
+    callback.on_train_begin(args, state, TrainerControl())
+    for i, reward in enumerate(rewards, start=start_step + 1):
+        clock.now += 30.0
+        state.global_step = i
+        callback.on_log(args, state, TrainerControl(), logs={"loss": 0.5, "eval_answer_reward": reward, "note": None})
+    return output_dir
+
+
+def test_metrics_log_records_step_and_wall_time_and_resumes_the_clock(tmp_path):
+    clock = FakeClock()
+    _log_run(tmp_path, [0.1, 0.2], clock)
+    _log_run(tmp_path, [0.3], clock, start_step=2)  # a resumed run appends and continues the clock
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["wall_time_s"], r["eval_answer_reward"]) for r in records] == [
+        (1, 30.0, 0.1), (2, 60.0, 0.2), (3, 90.0, 0.3)
+    ]
+    assert "note" not in records[0]
+
+
+def test_read_metrics_tolerates_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "eval_')
+    assert read_metrics(path) == [{"step": 1}]
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2"):
+        read_metrics(path)
+
+
+def test_plot_cli_renders_two_runs(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    clock = FakeClock()
+    run_a = _log_run(tmp_path / "lr_1e-5", [0.1, 0.2, 0.35], clock)
+    run_b = tmp_path / "lr_3e-5"
+    run_b.mkdir()
+    # a run without metrics.jsonl: TRL's trainer_state.json gives the step axis
+    (run_b / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 1, "eval_answer_reward": 0.15}, {"step": 2, "loss": 0.3}, {"step": 3, "eval_answer_reward": 0.5}]}))
+    out = tmp_path / "curves.png"
+    assert cli_main(["plot", str(run_a), str(run_b), "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    image = imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 800
+
+
+def test_plot_cli_names_a_missing_metric(tmp_path, capsys):
+    run = _log_run(tmp_path / "run", [0.1], FakeClock())
+    assert cli_main(["plot", str(run), "--metric", "eval_nope", "-o", str(tmp_path / "x.png")]) == 2
+    assert "eval_nope" in capsys.readouterr().err
+    assert cli_main(["plot", str(tmp_path / "missing"), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_arithmetic_splits_are_seeded_disjoint_and_exact():
+    a = make_arithmetic_splits(3, {"train": 500, "validation": 50, "test": 100})
+    b = make_arithmetic_splits(3, {"train": 500, "validation": 50, "test": 100})
+    assert a == b
+    problems = [row["problem"] for rows in a.values() for row in rows]
+    assert len(set(problems)) == len(problems) == 650
+    for row in a["test"]:
+        x, y = map(int, row["problem"].removeprefix("What is ").removesuffix("?").split("+"))
+        assert int(row["answer"]) == x + y
+        assert row["trace"] == f" {x}+{y}={x + y} </think> <answer> {x + y} </answer>"
+    assert make_arithmetic_splits(4, {"train": 10}) != make_arithmetic_splits(3, {"train": 10})
+
+
+def test_multi_step_trace_and_bad_sizes():
+    assert arithmetic_trace([10, 20, 5]) == " 10+20=30, 30+5=35 </think> <answer> 35 </answer>"
+    with pytest.raises(ValueError, match="distinct problems"):
+        make_arithmetic_splits(0, {"train": 5000}, low=10, high=99)

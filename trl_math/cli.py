@@ -1,0 +1,34 @@
+"""The `trl-math` command line: `trl-math plot RUN_DIR [RUN_DIR ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trl-math", description="trl-math utilities")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plot = sub.add_parser("plot", help="draw validation curves of runs against step and wall-clock time (PNG)")
+    plot.add_argument("run_dirs", nargs="+", help="output directories of training runs")
+    plot.add_argument("-o", "--output", default="validation_curves.png", help="PNG to write")
+    plot.add_argument("--metric", default=None, help="logged key to draw (default: the first validation reward found)")
+    plot.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (default: folder names)")
+    args = parser.parse_args(argv)
+
+    if args.command == "plot":
+        from .plotting import plot_runs
+
+        if args.labels is not None and len(args.labels) != len(args.run_dirs):
+            parser.error(f"--labels got {len(args.labels)} labels for {len(args.run_dirs)} runs")
+        try:
+            path = plot_runs(args.run_dirs, args.output, metric=args.metric, labels=args.labels)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"trl-math plot: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

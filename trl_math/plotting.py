@@ -1,0 +1,77 @@
+"""Validation curves of one or several runs, against optimizer step and against wall-clock time.
+
+The assignment's deliverables are such curves (learning-rate sweep, baselines, off-policy sweep...).
+Runs are output directories: `metrics.jsonl` (written by MetricsLogCallback, with wall-clock time)
+is preferred; TRL's `trainer_state.json` is the fallback and gives the step axis only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .run_log import METRICS_FILE, read_metrics
+
+# Validation metrics in order of preference when none is named.
+DEFAULT_METRICS = ("eval_answer_reward", "eval_reward", "eval_accuracy", "eval_rewards/r1_zero_answer_reward/mean")
+
+
+def load_run(run_dir: str | Path) -> list[dict]:
+    """All logged records of a run directory (see module docstring)."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS_FILE).exists():
+        return read_metrics(run_dir / METRICS_FILE)
+    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    state_file = run_dir / "trainer_state.json"
+    if not state_file.exists() and states:
+        state_file = states[-1]
+    if not state_file.exists():
+        raise FileNotFoundError(f"{run_dir}: no {METRICS_FILE} and no trainer_state.json")
+    return json.loads(state_file.read_text())["log_history"]
+
+
+def pick_metric(runs: dict[str, list[dict]], metric: str | None) -> str:
+    present = {key for records in runs.values() for record in records for key in record}
+    if metric is not None:
+        if metric not in present:
+            raise ValueError(f"metric {metric!r} is in none of the runs; logged keys: {sorted(present)}")
+        return metric
+    for candidate in DEFAULT_METRICS:
+        if candidate in present:
+            return candidate
+    eval_keys = sorted(k for k in present if k.startswith("eval_"))
+    raise ValueError(f"no validation metric found (tried {DEFAULT_METRICS}); name one with --metric: {eval_keys}")
+
+
+def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None = None, labels: list[str] | None = None) -> Path:
+    """Draw `metric` of each run against step and (where known) wall-clock minutes into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(d).name for d in run_dirs]
+    runs = {label: load_run(d) for label, d in zip(labels, run_dirs)}
+    metric = pick_metric(runs, metric)
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, records in runs.items():
+        points = [r for r in records if metric in r and "step" in r]
+        if not points:
+            continue
+        by_step.plot([r["step"] for r in points], [r[metric] for r in points], marker="o", ms=3, label=label)
+        timed = [r for r in points if "wall_time_s" in r]
+        if timed:
+            by_time.plot([r["wall_time_s"] / 60 for r in timed], [r[metric] for r in timed], marker="o", ms=3, label=label)
+    by_step.set_xlabel("optimizer step")
+    by_time.set_xlabel("wall-clock minutes")
+    for ax in (by_step, by_time):
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{metric} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output

@@ -1,0 +1,73 @@
+"""A plot-ready metrics log: every logged dict, with step and wall-clock time, one JSON line each.
+
+TRL's trainer_state.json keeps `log_history` without time stamps and is written only at checkpoints;
+this file is appended and flushed at every log, so a run that dies keeps its curve, and the plot CLI
+can draw validation reward against wall-clock time as well as against step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Appends `{"step", "wall_time_s", **logs}` to `<output_dir>/metrics.jsonl` on the main process.
+
+    `wall_time_s` counts from the first `train()` of this output directory: a resumed run continues
+    the clock from the last line already in the file, so curves of interrupted runs stay continuous.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.path: Path | None = None
+        self.offset_s = 0.0
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.path = Path(args.output_dir) / METRICS_FILE
+        self.start = self.clock()
+        self.offset_s = 0.0
+        if state.is_world_process_zero and self.path.exists():
+            previous = read_metrics(self.path)
+            if previous:
+                self.offset_s = float(previous[-1].get("wall_time_s", 0.0))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if self.start is None:  # logging outside train() (e.g. a standalone evaluate())
+            self.on_train_begin(args, state, control)
+        record = {"step": state.global_step, "wall_time_s": round(self.offset_s + self.clock() - self.start, 3)}
+        record.update({k: _jsonable(v) for k, v in logs.items() if isinstance(v, (int, float, str, bool))})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a run killed mid-write) is ignored."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+    return records
