@@ -1,0 +1,74 @@
+"""GradingPool: results in order, identical to in-process grading, hard per-item time limit."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from trl_math.grading import GradingPool, grade_batch, r1_zero_reward_fn
+
+
+def sleepy_grader(response, ground_truth, prompt="r1_zero", mode="course", fast=True):
+    """Test-only grading function: hangs on responses containing SLEEP."""
+    if "SLEEP" in response:
+        while True:  # a pure-Python hang no thread could interrupt
+            time.sleep(0.01)
+    return r1_zero_reward_fn(response, ground_truth, fast, mode=mode)
+
+
+def crashing_grader(response, ground_truth, prompt="r1_zero", mode="course", fast=True):
+    if "CRASH" in response:
+        raise RuntimeError("grader bug")
+    return r1_zero_reward_fn(response, ground_truth, fast, mode=mode)
+
+
+def R(ans: str) -> str:
+    return f"t </think> <answer> {ans} </answer>"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with GradingPool(processes=2, timeout=1.0) as p:
+        yield p
+
+
+def test_pool_matches_in_process(pool):
+    responses = [R(str(i)) for i in range(50)] + ["no format", R("The answer is 7")]
+    truths = [str(i if i % 3 else i + 1) for i in range(50)] + ["1", "7"]
+    for mode in ("course", "accurate"):
+        got = pool.grade(responses, truths, mode=mode)
+        want = [r1_zero_reward_fn(r, g, mode=mode) for r, g in zip(responses, truths)]
+        assert got == want
+    assert pool.grade([], []) == []
+    with pytest.raises(ValueError):
+        pool.grade(["a"], [])
+
+
+def test_pool_kills_hung_items_and_counts_them():
+    responses = [R("1"), R("SLEEP"), R("2"), R("SLEEP"), R("3")] + [R("4")] * 20
+    truths = ["1", "1", "2", "2", "3"] + ["4"] * 20
+    with GradingPool(processes=2, timeout=0.5, grade_fn=sleepy_grader) as p:
+        t = time.perf_counter()
+        res = p.grade(responses, truths)
+        elapsed = time.perf_counter() - t
+        assert [r["answer_reward"] for r in res] == [1.0, 0.0, 1.0, 0.0, 1.0] + [1.0] * 20
+        assert res[1] == {"format_reward": 1.0, "answer_reward": 0.0, "reward": 0.0}
+        assert p.stats["timeouts"] == 2 and p.stats["restarts"] == 2
+        # two hung items, each cut at 0.5 s, plus worker restarts: far from "forever"
+        assert elapsed < 8.0
+        # the pool keeps working after replacing the killed workers
+        assert [r["answer_reward"] for r in p.grade([R("9")], ["9"])] == [1.0]
+
+
+def test_pool_counts_grader_errors_as_wrong():
+    with GradingPool(processes=1, timeout=1.0, grade_fn=crashing_grader) as p:
+        res = p.grade([R("CRASH"), R("5")], ["5", "5"])
+        assert [r["answer_reward"] for r in res] == [0.0, 1.0]
+        assert p.stats["errors"] == 1 and p.stats["timeouts"] == 0
+
+
+def test_grade_batch_one_shot():
+    res, stats = grade_batch([R("1"), R("2")], ["1", "3"], processes=1)
+    assert [r["answer_reward"] for r in res] == [1.0, 0.0]
+    assert stats["items"] == 2 and stats["timeouts"] == 0

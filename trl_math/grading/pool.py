@@ -1,0 +1,205 @@
+"""Batch grading in worker processes with a hard per-item time limit.
+
+Pure-Python work cannot be interrupted inside a thread, so the only hard bound on an
+arbitrary grading function is a process: each worker grades one item at a time; the parent
+waits on all workers at once and kills (then replaces) any worker whose item runs past
+``timeout`` seconds.  That item counts as wrong (answer 0, format from the format rule) and
+is counted in ``stats["timeouts"]``.  Our graders are bounded by construction (size limits),
+so timeouts should stay at zero; the pool is the guarantee for everything else.
+
+Workers come from a ``forkserver`` by default (safe next to CUDA and threads, and cheap to
+replace); the clock of an item starts when a ready worker receives it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterable, Sequence
+
+from .extract import course_extract_answer, has_r1_zero_format
+from .rewards import question_only_reward_fn, r1_zero_reward_fn
+
+__all__ = ["GradingPool", "grade_item", "grade_batch"]
+
+
+def grade_item(response: str, ground_truth: Any, prompt: str = "r1_zero",
+               mode: str = "course", fast: bool = True) -> dict[str, float]:
+    """The default per-item grading function (module level: picklable)."""
+    fn = r1_zero_reward_fn if prompt == "r1_zero" else question_only_reward_fn
+    return fn(response, ground_truth, fast, mode=mode)
+
+
+def _timeout_result(response: str, prompt: str) -> dict[str, float]:
+    if prompt == "r1_zero":
+        fmt = 1.0 if has_r1_zero_format(response) else 0.0
+    else:
+        fmt = 1.0 if course_extract_answer(response) is not None else 0.0
+    return {"format_reward": fmt, "answer_reward": 0.0, "reward": 0.0}
+
+
+def _worker(conn, grade_fn: Callable[..., dict]) -> None:
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        idx, args, kwargs = msg
+        try:
+            result = grade_fn(*args, **kwargs)
+        except Exception as exc:  # a grader bug must not kill the batch: count it as wrong
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        conn.send((idx, result))
+
+
+class GradingPool:
+    """A pool of grading processes; ``grade`` returns results in input order.
+
+    Args:
+        processes: number of workers (default: 2).
+        timeout: hard wall-clock limit per item, seconds (default 1.0).
+        grade_fn: picklable ``fn(response, ground_truth, prompt=..., mode=..., fast=...)``
+            returning a reward dict; default ``grade_item``.  Tests inject slow functions.
+        start_method: multiprocessing start method (default "forkserver": workers fork from
+            a clean server process that has imported the graders once, so replacing a
+            killed worker takes milliseconds; "spawn" also works).
+        startup_timeout: seconds a new worker may take to import the graders.
+
+    The per-item clock starts when the item is sent to a ready worker.
+    """
+
+    def __init__(self, processes: int = 2, timeout: float = 1.0,
+                 grade_fn: Callable[..., dict] = grade_item, start_method: str = "forkserver",
+                 startup_timeout: float = 120.0):
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        self.processes = processes
+        self.timeout = float(timeout)
+        self.grade_fn = grade_fn
+        self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload(["trl_math.grading"])
+        self.startup_timeout = float(startup_timeout)
+        self._lock = threading.Lock()
+        self._workers: list[list] = []  # [process, conn]
+        self.stats = {"items": 0, "timeouts": 0, "errors": 0, "restarts": 0}
+        for _ in range(processes):
+            self._workers.append(self._start())
+
+    def _start(self) -> list:
+        parent, child = self._ctx.Pipe(duplex=True)
+        p = self._ctx.Process(target=_worker, args=(child, self.grade_fn), daemon=True)
+        p.start()
+        child.close()
+        if not parent.poll(self.startup_timeout):
+            p.kill()
+            raise RuntimeError("grading worker did not start")
+        parent.recv()  # ("ready", None)
+        return [p, parent]
+
+    def _replace(self, i: int) -> None:
+        p, conn = self._workers[i]
+        p.kill()
+        p.join(timeout=5)
+        conn.close()
+        self._workers[i] = self._start()
+        self.stats["restarts"] += 1
+
+    def grade(self, responses: Sequence[str], ground_truths: Sequence[Any], *,
+              prompt: str = "r1_zero", mode: str = "course", fast: bool = True) -> list[dict]:
+        """Grade pairs; an item past ``timeout`` seconds is answer 0 and counted."""
+        if len(responses) != len(ground_truths):
+            raise ValueError("responses and ground_truths differ in length")
+        kwargs = {"prompt": prompt, "mode": mode, "fast": fast}
+        with self._lock:
+            return self._run([(r, g) for r, g in zip(responses, ground_truths)], kwargs, prompt)
+
+    def _run(self, items: list[tuple], kwargs: dict, prompt: str) -> list[dict]:
+        results: list[dict | None] = [None] * len(items)
+        todo = deque(range(len(items)))
+        busy: dict[int, tuple[int, float]] = {}  # worker -> (item, deadline)
+
+        def dispatch(w: int) -> None:
+            if todo:
+                idx = todo.popleft()
+                try:
+                    self._workers[w][1].send((idx, items[idx], kwargs))
+                except (BrokenPipeError, OSError):
+                    todo.appendleft(idx)
+                    self._replace(w)
+                    return
+                busy[w] = (idx, time.monotonic() + self.timeout)
+
+        for w in range(len(self._workers)):
+            dispatch(w)
+        while busy:
+            now = time.monotonic()
+            next_deadline = min(d for _, d in busy.values())
+            conns = {self._workers[w][1]: w for w in busy}
+            ready = wait(list(conns), timeout=max(0.0, next_deadline - now))
+            for conn in ready:
+                w = conns[conn]
+                try:
+                    idx, res = conn.recv()
+                except (EOFError, OSError):  # the worker died: count as a timeout
+                    idx = busy[w][0]
+                    res = None
+                    self._replace(w)
+                busy.pop(w, None)
+                if res is None or "error" in res:
+                    self.stats["errors" if res else "timeouts"] += 1
+                    res = _timeout_result(items[idx][0], prompt)
+                results[idx] = res
+                dispatch(w)
+            now = time.monotonic()
+            for w, (idx, deadline) in list(busy.items()):
+                if now >= deadline:
+                    busy.pop(w)
+                    self.stats["timeouts"] += 1
+                    results[idx] = _timeout_result(items[idx][0], prompt)
+                    self._replace(w)
+                    dispatch(w)
+        self.stats["items"] += len(items)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for p, conn in self._workers:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for p, conn in self._workers:
+            p.join(timeout=2)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            conn.close()
+        self._workers = []
+
+    def __enter__(self) -> "GradingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort
+        try:
+            if self._workers:
+                self.close()
+        except Exception:
+            pass
+
+
+def grade_batch(responses: Iterable[str], ground_truths: Iterable[Any], *, prompt: str = "r1_zero",
+                mode: str = "course", fast: bool = True, processes: int = 2,
+                timeout: float = 1.0) -> tuple[list[dict], dict]:
+    """One-shot pool: ``(results, stats)``."""
+    with GradingPool(processes=processes, timeout=timeout) as pool:
+        res = pool.grade(list(responses), list(ground_truths), prompt=prompt, mode=mode, fast=fast)
+        return res, dict(pool.stats)
