@@ -1,0 +1,80 @@
+"""SFT on reasoning traces with MathSFTTrainer: the sft_experiment problem (CS336 Assignment 5, section 4).
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/sft.py \
+        --config recipes/configs/sft/size_128.yaml [--learning_rate 5e-5 ...]
+
+Arguments: SFTDataArguments (the SFT examples), MathDataArguments (the validation problems: eval_source,
+eval_limit, prompt, fields), MathSFTConfig and TRL's ModelConfig (model, dtype, LoRA); YAML via --config,
+command-line flags override it. Validation (eval_strategy) writes <output_dir>/eval/*/ and logs
+eval_answer_accuracy; after training the final policy is validated once more unless the last step was.
+"""
+
+from __future__ import annotations
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from trl_math.data import PROMPT_NAMES, MathDataArguments, load_math_problems
+from trl_math.sft_config import MathSFTConfig
+from trl_math.sft_data import SFTDataArguments, load_sft_examples
+from trl_math.sft_trainer import MathSFTTrainer
+
+
+def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args: MathSFTConfig, model_args: ModelConfig):
+    from trl_math.grading import question_only_reward_fn, r1_zero_reward_fn
+
+    if sft_args.sft_source is None:
+        raise ValueError("sft_source: required (a JSONL file of {prompt, response, ground_truth} rows or a Hub id)")
+    if data_args.train_source is not None:
+        raise ValueError("train_source: not used by SFT; give the SFT examples with --sft_source")
+    if training_args.eval_strategy != "no" and data_args.eval_source is None:
+        raise ValueError("eval_source: required when eval_strategy is not 'no'")
+    if data_args.prompt not in PROMPT_NAMES:
+        raise ValueError(f"prompt: validation grades with the reward of 'r1_zero' or 'question_only', got {data_args.prompt!r}")
+
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    train = load_sft_examples(
+        sft_args.sft_source,
+        split=sft_args.sft_split,
+        prompt_field=sft_args.prompt_field,
+        response_field=sft_args.response_field,
+        ground_truth_field=sft_args.ground_truth_field,
+        require_ground_truth=training_args.filter_correct,
+    )
+    validation = None
+    if data_args.eval_source is not None:
+        validation = load_math_problems(
+            data_args.eval_source,
+            split=data_args.eval_split,
+            problem_field=data_args.problem_field,
+            answer_field=data_args.answer_field,
+            solution_field=data_args.solution_field,
+            prompt=data_args.prompt,
+            skip_malformed=data_args.skip_malformed,
+            limit=data_args.eval_limit,
+        )
+    trainer = MathSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        reward_fn=r1_zero_reward_fn if data_args.prompt == "r1_zero" else question_only_reward_fn,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    validated_steps = {log["step"] for log in trainer.state.log_history if "eval_answer_accuracy" in log}
+    if validation is not None and trainer.state.global_step not in validated_steps:
+        trainer.evaluate()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=sft_args.sft_source)
+    trainer.end()  # finishes the trackers and destroys the process group
+
+
+if __name__ == "__main__":
+    parser = TrlParser((SFTDataArguments, MathDataArguments, MathSFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,115 @@
+"""trl_math.data: loading MATH-style JSONL, prompt formatting, boxed-answer extraction, malformed rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trl_math.data import (
+    MalformedRowError,
+    format_prompt,
+    load_math_problems,
+    load_prompt_template,
+)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_packaged_templates_match_the_assignment():
+    r1 = load_prompt_template("r1_zero")
+    assert r1.startswith("A conversation between User and Assistant.")
+    assert r1.endswith("User: {question}\nAssistant: <think>")
+    assert load_prompt_template("question_only") == "{question}"
+
+
+def test_format_prompt_keeps_latex_braces():
+    template = load_prompt_template("r1_zero")
+    question = r"What is $\frac{1}{2} + {x}$?"
+    prompt = format_prompt(template, question)
+    assert prompt == template[: template.index("{question}")] + question + "\nAssistant: <think>"
+
+
+def test_load_course_jsonl(tmp_path):
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"problem": "What is 1+1?", "answer": "2", "level": "Level 1"},
+            {"problem": r"Simplify $\frac{2}{4}$.", "answer": r"\frac{1}{2}"},
+            {"problem": "Integer answer?", "answer": 18},
+        ],
+    )
+    dataset = load_math_problems(path)
+    assert dataset.column_names == ["prompt", "ground_truth", "problem"]
+    assert dataset["ground_truth"] == ["2", r"\frac{1}{2}", "18"]
+    assert dataset["prompt"][1] == format_prompt(load_prompt_template("r1_zero"), r"Simplify $\frac{2}{4}$.")
+    only = load_math_problems(path, prompt="question_only", limit=2)
+    assert only["prompt"] == ["What is 1+1?", r"Simplify $\frac{2}{4}$."]
+
+
+def test_answer_from_last_boxed_of_solution_and_custom_fields(tmp_path):
+    path = write_jsonl(
+        tmp_path / "math.jsonl",
+        [{"question": "Q1", "solution": r"We get \boxed{3} then \boxed{\sqrt{2}}."}, {"question": "Q2", "sol": "x"}],
+    )
+    dataset = load_math_problems(path, problem_field="question", answer_field=None, solution_field="solution", limit=1)
+    assert dataset["ground_truth"] == [r"\sqrt{2}"]
+    assert dataset["problem"] == ["Q1"]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ({"answer": "2"}, "bad.jsonl:2: field 'problem' is missing"),
+        ({"problem": "Q", "answer": ""}, "bad.jsonl:2: field 'answer' is missing or empty"),
+        ({"problem": "Q"}, "bad.jsonl:2: field 'answer' is missing or empty"),
+        ("{not json", "bad.jsonl:2: invalid JSON"),
+        ("[1, 2]", "bad.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_malformed_row_names_file_line_and_field(tmp_path, bad_row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "ok", "answer": "1"}, bad_row, {"problem": "ok2", "answer": "3"}])
+    with pytest.raises(MalformedRowError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_math_problems(path)
+
+
+def test_solution_without_box_is_malformed(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"problem": "Q", "solution": "no box"}])
+    with pytest.raises(MalformedRowError, match=r"m\.jsonl:1: field 'solution' has no \\boxed"):
+        load_math_problems(path, answer_field=None, solution_field="solution")
+
+
+def test_skip_malformed_counts_and_prints(tmp_path, capsys):
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"problem": "a", "answer": "1"}, {"problem": "b"}, "", "{oops", {"problem": "c", "answer": "3"}],
+    )
+    dataset = load_math_problems(path, skip_malformed=True)
+    assert dataset["problem"] == ["a", "c"]
+    err = capsys.readouterr().err
+    assert "skipped 2 malformed rows" in err and "mixed.jsonl:2" in err
+
+
+def test_missing_file_and_empty_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_math_problems(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="no usable problems"):
+        load_math_problems(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_unknown_prompt_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither one of"):
+        load_prompt_template("r2_zero")
+    template = tmp_path / "t.prompt"
+    template.write_text("no placeholder")
+    with pytest.raises(ValueError, match="no \\{question\\} placeholder"):
+        load_prompt_template(str(template))
+
+
+def test_shared_gsm8k_loads_every_row(shared_data_dir):
+    dataset = load_math_problems(shared_data_dir / "gsm8k" / "test.jsonl")
+    assert len(dataset) == 1319
+    assert dataset["ground_truth"][0] == "18"

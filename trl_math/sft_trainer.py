@@ -1,0 +1,191 @@
+"""MathSFTTrainer: TRL's SFTTrainer with the assignment's SFT loss and validation accuracy, nothing else.
+
+Overridden hooks, each leaving the rest to TRL (optimizer, schedule, clipping, logging, checkpoints and
+resume, PEFT, DeepSpeed/FSDP, Hub):
+
+- `__init__` selects the examples (filter_correct, num_unique_examples) and batches them with
+  `SFTCollator` (tokenize_prompt_and_output), instead of TRL's dataset preparation;
+- `compute_loss` is sft_microbatch_train_step's loss without its backward: per example, the sum of the
+  response tokens' NLL over normalize_constant; the mean over the micro-batch. `loss_is_scaled_for_ga =
+  False` makes Trainer divide it by the gradient-accumulation steps before its backward, so each
+  micro-batch adds exactly sft_microbatch_train_step's gradient. Log-probs come from TRL's fused LM head
+  (no full logits);
+- `evaluate` is validation accuracy: the math_baseline evaluation of the current policy on the validation
+  problems (`eval_dataset`: prompt, ground_truth), on vLLM (TRL's colocate backend, whose `sync_weights`
+  loads the policy into the engine first, PEFT and ZeRO-3 included) or on transformers' generate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list
+from trl import SFTTrainer
+
+from .evaluation import evaluate_transformers, evaluate_vllm, grading_pool, write_json_atomic
+from .generation_log import LogGenerationsCallback
+from .grading import r1_zero_reward_fn
+from .losses import masked_normalize
+from .run_log import MetricsLogCallback
+from .sft_config import MathSFTConfig
+from .sft_data import SFTCollator, select_sft_examples
+
+
+class MathSFTTrainer(SFTTrainer):
+    """SFT with the assignment's loss and periodic validation accuracy (see the module doc).
+
+    `train_dataset`: {prompt, response[, ground_truth]} rows; `eval_dataset`: validation problems
+    {prompt, ground_truth} (e.g. from `load_math_problems`); `reward_fn(response, ground_truth)`: grades
+    validation responses and, with filter_correct, the training responses (default: r1_zero_reward_fn).
+    """
+
+    _tag_names = ["trl", "sft", "trl-math"]
+    _name = "MathSFT"
+    loss_is_scaled_for_ga = False  # Trainer divides our micro-batch mean by the accumulation steps
+
+    def __init__(
+        self,
+        model,
+        args: MathSFTConfig,
+        train_dataset,
+        eval_dataset=None,
+        processing_class=None,
+        reward_fn=r1_zero_reward_fn,
+        **kwargs,
+    ):
+        if not isinstance(args, MathSFTConfig):
+            raise TypeError(f"MathSFTTrainer needs a MathSFTConfig, got {type(args).__name__}")
+        missing = {"prompt", "response"} - set(train_dataset.column_names)
+        if missing:
+            raise ValueError(f"train_dataset: columns {sorted(missing)} are missing (the SFT format is prompt, response)")
+        if processing_class is None:
+            from transformers import AutoTokenizer
+
+            source = model if isinstance(model, str) else model.config._name_or_path
+            revision = (args.model_init_kwargs or {}).get("revision")
+            processing_class = AutoTokenizer.from_pretrained(
+                source, revision=revision, trust_remote_code=args.trust_remote_code
+            )
+        self.reward_fn = reward_fn
+        self._grading_pool = None
+        seed = args.seed if args.data_seed is None else args.data_seed
+        train_dataset, self.sft_data_stats = select_sft_examples(
+            train_dataset, reward_fn, args.filter_correct, args.num_unique_examples, seed,
+            self.grading_pool if args.filter_correct else None,
+        )
+        super().__init__(
+            model,
+            args=args,
+            data_collator=SFTCollator(processing_class, args.append_eos, args.max_length),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.add_callback(MetricsLogCallback())
+        if args.num_logged_generations > 0 and self.eval_dataset is not None:
+            self.add_callback(LogGenerationsCallback(self, reward_fn, args.num_logged_generations))
+        if self.accelerator.is_main_process:
+            write_json_atomic(Path(args.output_dir) / "sft_data.json", self.sft_data_stats)
+        self.vllm_generation = None
+        if args.use_vllm:
+            from trl.generation.vllm_generation import VLLMGeneration
+
+            self.vllm_generation = VLLMGeneration(
+                model=self.model,
+                accelerator=self.accelerator,
+                processing_class=self.processing_class,
+                mode="colocate",
+                tensor_parallel_size=args.vllm_tensor_parallel_size,
+                gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                max_model_length=args.vllm_max_model_length,
+                trust_remote_code=args.trust_remote_code,
+            )
+
+    @property
+    def grading_pool(self):
+        """The batch grader of this trainer (worker processes started on first use, reused by every evaluation)."""
+        if self._grading_pool is None:
+            self._grading_pool = grading_pool(self.reward_fn)
+        return self._grading_pool
+
+    def _set_signature_columns_if_needed(self):
+        # The collator needs the raw text columns; Trainer would drop every column the model does not take.
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt", "response"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Mean over the micro-batch of -(sum of response-token log-probs) / normalize_constant."""
+        mask = inputs["response_mask"]
+        outputs = model(
+            input_ids=inputs["input_ids"], shift_labels=inputs["labels"].masked_fill(~mask, -100), fused_lm_head=True
+        )
+        per_example_nll = -masked_normalize(outputs.log_probs, mask, self.args.normalize_constant, dim=-1)
+        loss = per_example_nll.mean()
+
+        mode = "train" if self.model.training else "eval"
+        m = mask.float()
+        counts = torch.stack([(outputs.entropy * m).sum(), (outputs.is_top1 * m).sum(), m.sum(), m.new_tensor(len(m))])
+        entropy, top1, tokens, examples = self.accelerator.reduce(counts.detach(), reduction="sum").tolist()
+        self._metrics[mode]["entropy"].append(entropy / max(tokens, 1.0))
+        self._metrics[mode]["mean_token_accuracy"].append(top1 / max(tokens, 1.0))
+        self._metrics[mode]["response_tokens"].append(tokens / examples)
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Validation accuracy of the current policy (math_baseline's evaluation); logs and returns its metrics.
+
+        Files: <output_dir>/eval/<metric_key_prefix>-step<N>/{generations.jsonl, summary.json}.
+        """
+        problems = self.eval_dataset if eval_dataset is None else eval_dataset
+        if problems is None or isinstance(problems, dict):
+            raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
+        missing = {"prompt", "ground_truth"} - set(problems.column_names)
+        if missing:
+            raise ValueError(f"evaluate: the validation problems lack columns {sorted(missing)}")
+        step = self.state.global_step
+        output_dir = Path(self.args.output_dir) / "eval" / f"{metric_key_prefix}-step{step:06d}"
+        common = {
+            "reward_fn": self.reward_fn,
+            "prompts": problems["prompt"],
+            "ground_truths": problems["ground_truth"],
+            "output_dir": output_dir,
+            "extra_summary": {"step": step},
+            "pool": self.grading_pool if self.accelerator.is_main_process else None,
+        }
+        sampling = self.args.eval_sampling()
+        self.model.eval()
+        summary = None
+        if self.vllm_generation is not None:
+            self.vllm_generation.sync_weights()  # every process: gathering sharded weights is collective
+            if self.accelerator.is_main_process:
+                summary = evaluate_vllm(
+                    self.vllm_generation.llm,
+                    eval_sampling_params=sampling.to_vllm(),
+                    chunk_size=self.args.eval_chunk_size,
+                    **common,
+                ).summary
+        else:
+            from trl.models.utils import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+            ) as unwrapped:
+                if self.accelerator.is_main_process:
+                    summary = evaluate_transformers(
+                        unwrapped,
+                        self.processing_class,
+                        sampling=sampling,
+                        batch_size=self.args.per_device_eval_batch_size,
+                        **common,
+                    ).summary
+        summary = broadcast_object_list([summary], from_process=0)[0]
+        metrics = {key: value for key, value in summary.items() if isinstance(value, (int, float)) and key != "step"}
+        metrics |= summary["categories"]
+        metrics |= {f"finish_{name}": count for name, count in summary["finish_reasons"].items()}
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
