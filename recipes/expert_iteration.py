@@ -1,0 +1,58 @@
+"""Expert iteration on MATH with ExpertIterationTrainer: the expert_iteration_experiment problem
+(CS336 Assignment 5, section 5).
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/expert_iteration.py \
+        --config recipes/configs/expert_iteration/db512_g4_e1.yaml [--rollouts_per_question 8 ...]
+
+Arguments: MathDataArguments (questions: train_source; validation: eval_source), ExpertIterationConfig
+and TRL's ModelConfig; YAML via --config, command-line flags override it. A run that dies resumes after
+its last completed EI step when launched again with the same output_dir.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser
+
+from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer
+from trl_math.grading.registry import resolve_reward_fn
+
+
+@dataclass
+class EIScriptArguments(MathDataArguments):
+    """Questions and validation problems (see MathDataArguments) and the reward that filters rollouts."""
+
+    reward_fn: str | None = field(
+        default=None,
+        metadata={"help": "Reward deciding which rollouts are kept and grading validation: 'r1_zero', 'question_only' "
+                  "or a dotted path package.module.function(response, ground_truth) -> dict. None: the prompt's name."},
+    )
+
+
+def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
+    if data_args.train_source is None:
+        raise ValueError("train_source: required (the questions: a JSONL file or a Hub dataset id)")
+    if data_args.reward_fn is None and data_args.prompt not in PROMPT_NAMES:
+        raise ValueError(f"reward_fn: required with a custom prompt file ({data_args.prompt!r})")
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = ExpertIterationTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=data_args.load_problems("train"),
+        eval_dataset=data_args.load_problems("eval") if data_args.eval_source is not None else None,
+        reward_fn=resolve_reward_fn(data_args.reward_fn or data_args.prompt),
+    )
+    trainer.train()
+    trainer.end()
+
+
+if __name__ == "__main__":
+    parser = TrlParser((EIScriptArguments, ExpertIterationConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

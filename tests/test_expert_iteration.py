@@ -1,0 +1,182 @@
+"""ExpertIterationTrainer end to end on a tiny model: the SFT set is exactly the reward-1 rollouts, and a
+run killed after its first EI step resumes to the same weights as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+from scripted_rewards import even_length_reward
+from trl_math.synthetic import make_arithmetic_splits
+
+RECIPE = REPO_ROOT / "recipes" / "expert_iteration.py"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ei_yaml(tiny_checkpoint, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ei")
+    splits = make_arithmetic_splits(11, {"train": 6, "validation": 3})
+    for name, rows in splits.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = f"""
+model_name_or_path: {tiny_checkpoint}
+train_source: {root / 'train.jsonl'}
+eval_source: {root / 'validation.jsonl'}
+reward_fn: scripted_rewards.even_length_reward
+n_ei_steps: 2
+questions_per_step: 3
+rollouts_per_question: 3
+rollout_max_tokens: 8
+eval_max_tokens: 8
+entropy_sample_size: 4
+per_device_train_batch_size: 2
+per_device_eval_batch_size: 8
+num_train_epochs: 2
+learning_rate: 0.01
+logging_steps: 1
+seed: 5
+use_cpu: true
+bf16: false
+report_to: none
+num_logged_generations: 0
+"""
+    path = root / "ei.yaml"
+    path.write_text(config)
+    return path
+
+
+def _run_in_process(yaml_path: Path, output_dir: Path):
+    sys.path.insert(0, str(RECIPE.parent))
+    try:
+        import expert_iteration as recipe
+    finally:
+        sys.path.remove(str(RECIPE.parent))
+    from trl import TrlParser
+
+    parser = TrlParser((recipe.EIScriptArguments, recipe.ExpertIterationConfig, recipe.ModelConfig))
+    recipe.main(*parser.parse_args_and_config(args=["--config", str(yaml_path), "--output_dir", str(output_dir)]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ei_yaml, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("ei-run") / "out"
+    _run_in_process(ei_yaml, output_dir)
+    return output_dir
+
+
+def test_two_ei_steps_train_on_exactly_the_reward_1_rollouts(uninterrupted):
+    state = json.loads((uninterrupted / "ei_state.json").read_text())
+    assert state["completed_steps"] == 2 and len(state["log"]) == 2
+    for step in (1, 2):
+        step_dir = uninterrupted / f"ei_step_{step:02d}"
+        rollouts = _jsonl(step_dir / "rollouts.jsonl")
+        assert len(rollouts) == 9  # 3 questions x G=3
+        # the verdicts are the scripted reward's, recomputed here on the saved text
+        for row in rollouts:
+            assert row["reward"] == even_length_reward(row["response"], row["ground_truth"])["reward"]
+        expected = [{"prompt": r["prompt"], "response": r["response"], "ground_truth": r["ground_truth"]}
+                    for r in rollouts if r["reward"] == 1]
+        assert 0 < len(expected) < 9, "the scripted reward should keep some rollouts and drop others"
+        assert _jsonl(step_dir / "sft_examples.jsonl") == expected
+        record = state["log"][step - 1]
+        assert record["ei/rollouts"] == 9 and record["ei/kept"] == len(expected)
+        assert record["ei/kept_fraction"] == pytest.approx(len(expected) / 9)
+        assert record["ei/sft_loss"] is not None and record["ei/response_entropy"] > 0
+        assert 0 <= record["eval_answer_accuracy"] <= 1
+        assert (uninterrupted / "eval" / f"ei_step_{step:02d}" / "summary.json").exists()
+    metrics = _jsonl(uninterrupted / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[1]["wall_time_s"] > metrics[0]["wall_time_s"]
+
+
+def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def test_killed_after_step_1_resumes_step_2_only_with_identical_weights(ei_yaml, uninterrupted, tmp_path):
+    output_dir = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(RECIPE), "--config", str(ei_yaml), "--output_dir", str(output_dir)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = output_dir / "ei_state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["completed_steps"] >= 1:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    stderr = process.communicate()[1].decode(errors="replace")
+    assert state_file.exists(), f"the run saved no step before it was killed:\n{stderr[-3000:]}"
+    assert json.loads(state_file.read_text())["completed_steps"] == 1, "killed too late: step 2 had finished"
+    step1 = output_dir / "ei_step_01" / "rollouts.jsonl"
+    step1_mtime = step1.stat().st_mtime_ns
+
+    _run_in_process(ei_yaml, output_dir)
+
+    state = json.loads(state_file.read_text())
+    assert state["completed_steps"] == 2
+    assert step1.stat().st_mtime_ns == step1_mtime, "step 1 ran again"
+    reference = json.loads((uninterrupted / "ei_state.json").read_text())["log"]
+    for ours, theirs in zip(state["log"], reference):
+        assert {k: v for k, v in ours.items() if k != "wall_time_s"} == {k: v for k, v in theirs.items() if k != "wall_time_s"}
+    resumed, straight = _safetensors(output_dir / "ei_step_02"), _safetensors(uninterrupted / "ei_step_02")
+    assert resumed.keys() == straight.keys()
+    for name in resumed:
+        assert torch.equal(resumed[name], straight[name]), name
+    before = _safetensors(output_dir / "ei_step_01")
+    assert any(not torch.equal(before[n], resumed[n]) for n in resumed), "step 2 changed no weight"
+
+
+def test_config_rejects_sft_data_selection_fields(tmp_path):
+    from trl_math.expert_iteration import ExpertIterationConfig
+
+    with pytest.raises(ValueError, match="filter_correct"):
+        ExpertIterationConfig(output_dir=str(tmp_path), filter_correct=True, use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="rollouts_per_question"):
+        ExpertIterationConfig(output_dir=str(tmp_path), rollouts_per_question=0, use_cpu=True, bf16=False)
+
+
+def test_vllm_rollouts_sample_g_per_question_after_a_weight_sync(tiny_checkpoint, tmp_path, monkeypatch):
+    """With use_vllm, each EI step syncs the policy into the engine, then asks for n=G samples of each question."""
+    import fake_vllm
+    from datasets import Dataset
+
+    from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer
+
+    engines = fake_vllm.install(monkeypatch)
+    rows = make_arithmetic_splits(2, {"train": 4})["train"]
+    questions = Dataset.from_list([{"prompt": f"Q: {r['problem']}\nA: <think>", "ground_truth": r["answer"]} for r in rows])
+    args = ExpertIterationConfig(
+        output_dir=str(tmp_path / "out"), n_ei_steps=1, questions_per_step=2, rollouts_per_question=3,
+        rollout_max_tokens=6, eval_max_tokens=6, entropy_sample_size=0, per_device_train_batch_size=2,
+        learning_rate=1e-2, use_vllm=True, use_cpu=True, bf16=False, report_to="none", seed=1,
+    )
+    trainer = ExpertIterationTrainer(str(tiny_checkpoint), args, questions, eval_dataset=questions.select(range(2)),
+                                     reward_fn=even_length_reward)
+    (engine,) = engines
+    (record,) = trainer.train()
+
+    sync = ["load_weights"] * len(list(trainer.model.parameters())) + ["reset_prefix_cache"]
+    assert engine.events == sync + ["generate"] + sync + ["generate"]  # rollouts, then validation, each after a sync
+    rollout_prompts, validation_prompts = engine.generate_calls
+    assert len(rollout_prompts) == 2 and len(set(rollout_prompts)) == 2  # unique questions, n=G each
+    assert validation_prompts == questions["prompt"][:2]
+    saved = _jsonl(tmp_path / "out" / "ei_step_01" / "rollouts.jsonl")
+    assert [r["prompt"] for r in saved] == [p for p in rollout_prompts for _ in range(3)]
+    assert record["ei/rollouts"] == 6
+    # the engine validated with the weights the SFT phase produced
+    engine_params = dict(engine.runner_model.hf_model.named_parameters())
+    assert all(torch.equal(p.detach(), engine_params[n]) for n, p in trainer.model.named_parameters())
