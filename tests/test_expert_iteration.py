@@ -180,3 +180,52 @@ def test_vllm_rollouts_sample_g_per_question_after_a_weight_sync(tiny_checkpoint
     # the engine validated with the weights the SFT phase produced
     engine_params = dict(engine.runner_model.hf_model.named_parameters())
     assert all(torch.equal(p.detach(), engine_params[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_two_process_launch_shards_rollouts_and_finishes_cleanly(ei_yaml, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (two gloo processes on CPU): rollouts are sampled
+    in shards and gathered in question order, the SFT phase runs under DDP, and both processes exit 0."""
+    output_dir = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--main_process_port", "0", str(RECIPE), "--config", str(ei_yaml),
+         "--output_dir", str(output_dir)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((output_dir / "ei_state.json").read_text())
+    assert state["completed_steps"] == 2
+    for step in (1, 2):
+        rollouts = _jsonl(output_dir / f"ei_step_{step:02d}" / "rollouts.jsonl")
+        prompts = [r["prompt"] for r in rollouts]
+        assert len(rollouts) == 9 and prompts == [p for p in dict.fromkeys(prompts) for _ in range(3)]
+        kept = [{"prompt": r["prompt"], "response": r["response"], "ground_truth": r["ground_truth"]}
+                for r in rollouts if even_length_reward(r["response"], r["ground_truth"])["reward"] == 1]
+        examples = output_dir / f"ei_step_{step:02d}" / "sft_examples.jsonl"
+        assert (_jsonl(examples) if examples.exists() else []) == kept
+
+
+def test_push_to_hub_uploads_the_final_model_and_a_card(ei_yaml, uninterrupted, tiny_checkpoint, monkeypatch):
+    import fake_hub
+    from datasets import Dataset
+
+    from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer
+
+    hub = fake_hub.install(monkeypatch)
+    args = ExpertIterationConfig(output_dir=str(uninterrupted), n_ei_steps=2, hub_model_id="someone/ei-run",
+                                 use_cpu=True, bf16=False, report_to="none")
+    trainer = ExpertIterationTrainer(str(tiny_checkpoint), args, Dataset.from_list([{"prompt": "p", "ground_truth": "1"}]),
+                                     reward_fn=even_length_reward)
+    assert trainer.completed_steps == 2  # resumed: nothing left to run
+    trainer.push_to_hub()
+    (upload,) = hub.uploads
+    assert upload.repo_id == "someone/ei-run"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "README.md"} <= set(upload.files)
+    final = load_file(uninterrupted / "final" / "model.safetensors")
+    assert all(torch.equal(t, _safetensors(uninterrupted / "ei_step_02")[n]) for n, t in final.items())
+    card = upload.files["README.md"].decode()
+    accuracy = json.loads((uninterrupted / "ei_state.json").read_text())["log"][-1]["eval_answer_accuracy"]
+    assert "**expert_iteration_experiment**" in card and f"| eval_answer_accuracy | {accuracy:.4f} |" in card
+    assert f"local checkpoint `{tiny_checkpoint.name}`" in card

@@ -6,14 +6,12 @@ import json
 
 import pytest
 from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 import fake_hub
-from trl_math.model_card import AssignmentModelCardMixin, latest_validation, non_default_fields, render_model_card
-
-
-class CardSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
-    assignment_problem = "sft_experiment"
+from trl_math.model_card import latest_validation, non_default_fields, render_model_card
+from trl_math.sft_config import MathSFTConfig
+from trl_math.sft_trainer import MathSFTTrainer
 
 
 def test_render_model_card_lists_problem_model_config_and_accuracy(tmp_path):
@@ -36,13 +34,13 @@ def test_latest_validation_takes_the_last_value_of_each_key():
     assert latest_validation(records) == {"eval_answer_reward": 0.3, "eval_format_reward": 0.9}
 
 
-def test_push_to_hub_uploads_weights_and_a_card_with_validation(tmp_path, tiny_checkpoint, monkeypatch):
+def test_sft_push_to_hub_uploads_weights_and_a_card_with_validation(tmp_path, tiny_checkpoint, monkeypatch):
     hub = fake_hub.install(monkeypatch)
-    data = Dataset.from_list([{"prompt": "What is 1+1?", "completion": " 2 </answer>"}] * 4)
-    args = SFTConfig(output_dir=str(tmp_path / "sft-run"), max_steps=1, per_device_train_batch_size=2,
-                     bf16=False, use_cpu=True, report_to="none", hub_model_id="someone/tiny-sft", save_strategy="no",
-                     learning_rate=1e-3)
-    trainer = CardSFTTrainer(model=str(tiny_checkpoint), args=args, train_dataset=data)
+    data = Dataset.from_list([{"prompt": "What is 1+1?", "response": " 2 </answer>", "ground_truth": "2"}] * 4)
+    args = MathSFTConfig(output_dir=str(tmp_path / "sft-run"), max_steps=1, per_device_train_batch_size=2,
+                         bf16=False, use_cpu=True, report_to="none", hub_model_id="someone/tiny-sft", save_strategy="no",
+                         learning_rate=1e-3)
+    trainer = MathSFTTrainer(model=str(tiny_checkpoint), args=args, train_dataset=data)
     trainer.train()
     trainer.log({"eval_answer_reward": 0.25})
     trainer.push_to_hub()

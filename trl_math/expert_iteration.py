@@ -280,7 +280,7 @@ class ExpertIterationTrainer:
         """One SFT phase (a fresh optimizer, as in Algorithm 2) on the kept rollouts."""
         sft_args = dataclasses.replace(
             self.args, output_dir=str(self._step_dir(step) / "sft"), seed=seed, data_seed=seed, use_vllm=False,
-            eval_strategy="no", save_strategy="no", push_to_hub=False, resume=False,
+            eval_strategy="no", save_strategy="no", push_to_hub=False, resume=False, model_init_kwargs=None,
         )
         trainer = MathSFTTrainer(model=self.model, args=sft_args, train_dataset=dataset,
                                  processing_class=self.processing_class, reward_fn=self.reward_fn)

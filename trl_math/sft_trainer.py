@@ -27,12 +27,13 @@ from .evaluation import evaluate_transformers, evaluate_vllm, grading_pool, writ
 from .generation_log import LogGenerationsCallback
 from .grading import r1_zero_reward_fn
 from .losses import masked_normalize
+from .model_card import AssignmentModelCardMixin
 from .run_log import MetricsLogCallback
 from .sft_config import MathSFTConfig
 from .sft_data import SFTCollator, select_sft_examples
 
 
-class MathSFTTrainer(SFTTrainer):
+class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
     """SFT with the assignment's loss and periodic validation accuracy (see the module doc).
 
     `train_dataset`: {prompt, response[, ground_truth]} rows; `eval_dataset`: validation problems
@@ -42,6 +43,7 @@ class MathSFTTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "trl-math"]
     _name = "MathSFT"
+    assignment_problem = "sft_experiment"
     loss_is_scaled_for_ga = False  # Trainer divides our micro-batch mean by the accumulation steps
 
     def __init__(
