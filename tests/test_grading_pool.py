@@ -72,3 +72,24 @@ def test_grade_batch_one_shot():
     res, stats = grade_batch([R("1"), R("2")], ["1", "3"], processes=1)
     assert [r["answer_reward"] for r in res] == [1.0, 0.0]
     assert stats["items"] == 2 and stats["timeouts"] == 0
+
+
+def test_workers_do_not_rerun_the_launching_script(tmp_path):
+    """An unguarded script (no `if __name__ == "__main__"`) runs once: the workers never re-import it."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        f"with open({str(marker)!r}, 'a') as f:\n    f.write('ran\\n')\n"
+        "from trl_math.grading import GradingPool\n"
+        "pool = GradingPool(processes=2)\n"
+        "print(pool.grade(['</think> <answer> 4 </answer>'], ['4'])[0]['reward'])\n"
+        "pool.close()\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "1.0"
+    assert marker.read_text() == "ran\n"

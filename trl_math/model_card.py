@@ -17,7 +17,7 @@ from pathlib import Path
 from .run_log import METRICS_FILE, read_metrics
 
 # Keys that hold validation accuracy, in order of preference.
-VALIDATION_KEYS = ("eval_answer_reward", "eval_reward", "eval_accuracy", "eval_format_reward")
+VALIDATION_KEYS = ("eval_answer_accuracy", "eval_format_accuracy", "eval_answer_reward", "eval_reward", "eval_accuracy", "eval_format_reward")
 
 
 def describe_model(name_or_path: str | None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .run_log import METRICS_FILE, read_metrics
 
 # Validation metrics in order of preference when none is named.
-DEFAULT_METRICS = ("eval_answer_reward", "eval_reward", "eval_accuracy", "eval_rewards/r1_zero_answer_reward/mean")
+DEFAULT_METRICS = ("eval_answer_accuracy", "eval_answer_reward", "eval_reward", "eval_accuracy")
 
 
 def load_run(run_dir: str | Path) -> list[dict]:

@@ -14,9 +14,13 @@ replace); the clock of an item starts when a ready worker receives it.
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
+import sys
 import threading
 import time
+import types
 from collections import deque
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Sequence
 
@@ -58,6 +62,26 @@ def _worker(conn, grade_fn: Callable[..., dict]) -> None:
         conn.send((idx, result))
 
 
+@contextmanager
+def _launching_script_hidden(grade_fn: Callable[..., dict]):
+    """Start workers without re-importing the launching script.
+
+    spawn and forkserver children import the parent's `__main__` by path: a script without a
+    `__name__ == "__main__"` guard would run again in every worker, and any script's imports (trl,
+    transformers) would slow every start. The script stays visible only when `grade_fn` itself lives
+    in it, since the worker must then import it to unpickle the function.
+    """
+    if b"__main__" in pickle.dumps(grade_fn):
+        yield
+        return
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class GradingPool:
     """A pool of grading processes; ``grade`` returns results in input order.
 
@@ -95,7 +119,8 @@ class GradingPool:
     def _start(self) -> list:
         parent, child = self._ctx.Pipe(duplex=True)
         p = self._ctx.Process(target=_worker, args=(child, self.grade_fn), daemon=True)
-        p.start()
+        with _launching_script_hidden(self.grade_fn):
+            p.start()
         child.close()
         if not parent.poll(self.startup_timeout):
             p.kill()

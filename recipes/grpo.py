@@ -1,0 +1,127 @@
+"""GRPO on MATH with MathGRPOTrainer (CS336 Assignment 5, sections 7-9).
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/grpo.py \
+        --config recipes/configs/grpo/baseline.yaml [--learning_rate 3e-5 ...]
+
+Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig and TRL's ModelConfig
+(model, dtype, LoRA); YAML via --config, command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from trl_math.data import PROMPT_NAMES, MathDataArguments, load_math_problems
+from trl_math.grpo_config import MathGRPOConfig
+from trl_math.grpo_trainer import MathGRPOTrainer
+
+
+@dataclass
+class GRPOScriptArguments(MathDataArguments):
+    """Data (see MathDataArguments), the reward and the final validation of a GRPO run."""
+
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "Reward: 'r1_zero' or 'question_only' (train and validation). None: the prompt's name."},
+    )
+    reward_mode: str = field(
+        default="course",
+        metadata={"help": "Grader: 'course' (the course's r1_zero_reward_fn) or 'accurate' (trl-math's)."},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions as dotted import paths (package.module.function), used instead of `reward` in "
+            "training and validation, e.g. a shaped reward to experiment with (the leaderboard's validation must "
+            "keep the default)."
+        },
+    )
+    final_full_eval: bool = field(
+        default=False,
+        metadata={"help": "After training, validate on every row of eval_source (the leaderboard's 5,000)."},
+    )
+
+
+def problems(args: GRPOScriptArguments, source: str, split: str, limit: int | None):
+    return load_math_problems(
+        source,
+        split=split,
+        problem_field=args.problem_field,
+        answer_field=args.answer_field,
+        solution_field=args.solution_field,
+        prompt=args.prompt,
+        skip_malformed=args.skip_malformed,
+        limit=limit,
+    )
+
+
+def reward_functions(args: GRPOScriptArguments) -> tuple[list, list[float] | None]:
+    """(reward functions, their default weights)."""
+    if args.reward_funcs:
+        modules_and_names = [path.rsplit(".", 1) for path in args.reward_funcs]
+        return [getattr(importlib.import_module(module), name) for module, name in modules_and_names], None
+    reward = args.reward or args.prompt
+    if reward not in PROMPT_NAMES:
+        raise ValueError(f"reward: {reward!r} is not one of {PROMPT_NAMES} (set --reward with a custom prompt file)")
+    from trl_math.grading import make_trl_reward_funcs
+
+    # [answer reward, format reward]: the assignment's reward is the answer reward; the format reward is logged.
+    return make_trl_reward_funcs(prompt=reward, mode=args.reward_mode), [1.0, 0.0]
+
+
+def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
+    reward_funcs, reward_weights = reward_functions(script_args)
+    if training_args.reward_weights is None:
+        training_args.reward_weights = reward_weights
+    if script_args.train_source is None:
+        raise ValueError("train_source: required (a JSONL file or a Hub dataset id)")
+    validating = training_args.eval_strategy != "no" or script_args.final_full_eval
+    if validating and script_args.eval_source is None:
+        raise ValueError("eval_source: required when eval_strategy is not 'no' or final_full_eval is set")
+
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    train = problems(script_args, script_args.train_source, script_args.train_split, script_args.train_limit)
+    evaluation = (
+        problems(script_args, script_args.eval_source, script_args.eval_split, script_args.eval_limit)
+        if training_args.eval_strategy != "no"
+        else None
+    )
+    trainer = MathGRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if script_args.final_full_eval:
+        full = problems(script_args, script_args.eval_source, script_args.eval_split, None)
+        trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.train_source)
+    # Tear down in an order that cannot deadlock: with gloo, a process group destroyed by the last DDP reference
+    # (when `trainer` goes out of scope after `end()`) joins its worker thread while holding the GIL, and that
+    # worker may need the GIL to free a finished collective. Release the trainer while the group is still
+    # registered, then let `end_training()` shut the group down (it waits for pending work first).
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    del trainer
+    gc.collect()
+    accelerator.end_training()  # finishes the trackers and destroys the process group
+
+
+if __name__ == "__main__":
+    parser = TrlParser((GRPOScriptArguments, MathGRPOConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

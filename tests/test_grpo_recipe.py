@@ -1,0 +1,145 @@
+"""recipes/grpo.py: every experiment YAML parses, and real launches (2 gloo processes on CPU) run cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_math.advantages import normalize_group_rewards
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "configs" / "grpo"
+sys.path.insert(0, str(REPO / "recipes"))
+
+from grpo import GRPOScriptArguments  # noqa: E402
+
+REWARD_MODULE = '''
+def length_reward(completions, **kwargs):
+    """Distinct rewards, so that groups have spread and advantages are not all zero."""
+    return [(len(text) % 7) / 6.0 for text in completions]
+'''
+
+
+def parse(config: Path, *overrides: str):
+    from trl import ModelConfig, TrlParser
+
+    from trl_math.grpo_config import MathGRPOConfig
+
+    parser = TrlParser((GRPOScriptArguments, MathGRPOConfig, ModelConfig))
+    return parser.parse_args_and_config(args=["--config", str(config), *overrides])
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_experiment_configs_parse(config, tmp_path):
+    script, args, model = parse(CONFIGS / config, "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path))
+    assert args.train_batch_size % args.gradient_accumulation_steps == 0
+    if config == "tiny_cpu.yaml":
+        return
+    assert model.model_name_or_path == "Qwen/Qwen2.5-Math-1.5B"
+    assert (args.rollout_batch_size, args.group_size, args.temperature, args.top_p) == (256, 8, 1.0, 1.0)
+    assert (args.max_completion_length, args.stop_string, args.min_new_tokens) == (1024, "</answer>", 4)
+    assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.95, 0.0, 1.0)
+    assert args.use_vllm and args.vllm_gpu_memory_utilization == 0.85
+    assert args.eval_strategy == "steps" and script.eval_limit == 1024
+    expected = {
+        "baseline.yaml": ("reinforce_with_baseline", "masked_mean", True, 1e-5, 1, 256, "r1_zero"),
+        "no_baseline.yaml": ("no_baseline", "masked_mean", True, 1e-5, 1, 256, "r1_zero"),
+        "masked_normalize.yaml": ("reinforce_with_baseline", "masked_normalize", True, 1e-5, 1, 256, "r1_zero"),
+        "no_std.yaml": ("reinforce_with_baseline", "masked_mean", False, 1e-5, 1, 256, "r1_zero"),
+        "off_policy.yaml": ("grpo_clip", "masked_mean", True, 1e-5, 2, 128, "r1_zero"),
+        "off_policy_no_clip.yaml": ("grpo_no_clip", "masked_mean", True, 1e-5, 2, 128, "r1_zero"),
+        "question_only.yaml": ("reinforce_with_baseline", "masked_mean", True, 1e-5, 1, 256, "question_only"),
+        "leaderboard.yaml": ("reinforce_with_baseline", "masked_mean", True, 3e-5, 1, 256, "r1_zero"),
+    }[config]
+    assert (args.loss_type, args.length_normalization, args.use_std_normalization, args.learning_rate,
+            args.epochs_per_rollout_batch, args.train_batch_size, script.prompt) == expected
+    if config == "leaderboard.yaml":
+        assert args.max_train_hours is not None and script.final_full_eval
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type.value for p in (REPO / "accelerate_configs").glob("*.yaml")}
+    assert kinds == {
+        "single_gpu": "NO", "ddp": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP",
+    }
+
+
+def write_problems(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(n)))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(tmp_path, checkpoint, processes: int, *overrides: str, timeout: int = 240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env.pop("WORLD_SIZE", None)
+    (tmp_path / "rewards_for_test.py").write_text(REWARD_MODULE)
+    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(REPO / "recipes" / "grpo.py"), "--config", str(CONFIGS / "tiny_cpu.yaml"),
+        "--model_name_or_path", str(checkpoint),
+        "--train_source", str(write_problems(tmp_path / "train.jsonl", 16)),
+        "--eval_source", str(write_problems(tmp_path / "validation.jsonl", 12)),
+        "--output_dir", str(tmp_path / "run"), *overrides,
+    ]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    return result
+
+
+def read_rollouts(run_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted((run_dir / "rollouts").glob("rank*.jsonl")):
+        rank = int(path.stem[len("rank"):])
+        rows += [{**json.loads(line), "rank": rank} for line in path.read_text().splitlines()]
+    return rows
+
+
+@pytest.mark.slow
+def test_two_process_launch_splits_groups_and_matches_single_process_advantages(tiny_checkpoint, tmp_path):
+    # One group of 8 per rollout batch: each of the two processes holds half of every group.
+    result = launch(tmp_path, tiny_checkpoint, 2, "--group_size", "8", "--reward_funcs", "rewards_for_test.length_reward")
+    rows = read_rollouts(tmp_path / "run")
+    train = [r for r in rows if r["mode"] == "train"]
+    assert {r["rank"] for r in train} == {0, 1}
+    steps = sorted({r["step"] for r in train})
+    assert steps == [0, 1]  # on-policy: one rollout batch per optimizer step
+    for step in steps:
+        batch = sorted((r for r in train if r["step"] == step), key=lambda r: r["index"])
+        assert [r["index"] for r in batch] == list(range(8))
+        assert [r["rank"] for r in batch] == [0] * 4 + [1] * 4  # the group is spread over both processes
+        assert len({r["prompt"] for r in batch}) == 1  # and it is one group
+        rewards = torch.tensor([r["reward"] for r in batch])
+        assert rewards.max() > rewards.min()
+        expected = normalize_group_rewards(rewards, 8, 1e-6, True)
+        torch.testing.assert_close(torch.tensor([r["advantage"] for r in batch]), expected)
+    evaluation = [r for r in rows if r["mode"] == "eval"]
+    assert len(evaluation) == 8  # eval_limit 8, one completion each, spread over the two processes
+    assert "eval_reward" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_single_process_launch_with_the_course_reward_and_budget(tiny_checkpoint, tmp_path):
+    launch(tmp_path, tiny_checkpoint, 1, "--max_train_hours", "1", "--final_full_eval", "true", "--max_steps", "1")
+    rows = read_rollouts(tmp_path / "run")
+    assert [r["reward"] for r in rows if r["mode"] == "train"] == [0.0] * 8  # a random model earns nothing
+    final = [r for r in rows if r["mode"] == "eval"][-12:]  # the last validation: the final, full one
+    assert len({r["prompt"] for r in final}) == 12  # every validation problem (12), not eval_limit (8)
+    assert (tmp_path / "run" / "model.safetensors").is_file()

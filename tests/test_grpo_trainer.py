@@ -1,0 +1,357 @@
+"""MathGRPOTrainer against the assignment's functions, computed independently on the same rollouts.
+
+The trainer runs TRL's real loop (generation with the tiny model, rewards, TRL's batching) and a callback
+captures the accumulated gradients right before the optimizer step, while the weights are still the
+initial ones. The reference recomputes, row by row and without padding, the response log-probs of a fresh
+copy of the initial model, the rewards and advantages with `compute_group_normalized_rewards`, and the
+loss and gradients with `grpo_microbatch_train_step` on the whole train batch at once.
+
+Variable response lengths come from a stop string ("e") that cuts completions of the random tiny model
+at varied places, which also exercises the transformers-generate stop path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from trl_math.advantages import compute_group_normalized_rewards
+from trl_math.grpo_config import MathGRPOConfig
+from trl_math.grpo_trainer import MathGRPOTrainer, truncate_at_stop_string
+from trl_math.logprobs import get_response_log_probs
+from trl_math.losses import LENGTH_NORMALIZATIONS, LOSS_TYPES, grpo_microbatch_train_step
+
+PROMPTS = ["What is 1+1?", "Simplify 48/2.", "How many clips did Natalia sell?", "Find x."]
+
+
+def prompt_dataset(n_prompts: int = 4) -> Dataset:
+    return Dataset.from_dict({"prompt": PROMPTS[:n_prompts], "ground_truth": ["2", "24", "72", "3"][:n_prompts]})
+
+
+def varied_reward(completions, **kwargs) -> list[float]:
+    """A deterministic reward with many distinct values, so groups have spread."""
+    return [(len(text) % 5) / 4.0 for text in completions]
+
+
+def constant_reward(completions, **kwargs) -> list[float]:
+    return [1.0] * len(completions)
+
+
+def tiny_config(tmp_path, **overrides) -> MathGRPOConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="no",
+        log_completions=False,
+        rollout_batch_size=8,
+        group_size=4,
+        train_batch_size=8,
+        gradient_accumulation_steps=2,
+        max_completion_length=16,
+        max_steps=1,
+        stop_string="e",
+        max_grad_norm=1e9,  # never clips, still logs the norm: captured gradients are the raw ones
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return MathGRPOConfig(**settings)
+
+
+class Recorder(TrainerCallback):
+    """Keeps the accumulated gradients at every optimizer step (after clipping, which never triggers here)."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def run(checkpoint, args, reward=varied_reward, n_prompts=4, **trainer_kwargs):
+    """Train with MathGRPOTrainer; return (trainer, rollout batches as scored, gradients per optimizer step)."""
+    trainer = MathGRPOTrainer(
+        model=str(checkpoint), reward_funcs=[reward], args=args, train_dataset=prompt_dataset(n_prompts), **trainer_kwargs
+    )
+    rollouts = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def record(inputs):
+        output = generate_and_score(inputs)
+        rollouts.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in output.items()})
+        return output
+
+    trainer._generate_and_score_completions = record
+    recorder = Recorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    return trainer, rollouts, recorder.grads
+
+
+def rows(rollout):
+    """Unpadded (prompt ids, completion ids) of each row of a scored rollout batch."""
+    return [
+        (p[pm.bool()], c[cm.bool()])
+        for p, pm, c, cm in zip(
+            rollout["prompt_ids"], rollout["prompt_mask"], rollout["completion_ids"], rollout["completion_mask"]
+        )
+    ]
+
+
+def response_log_probs(model, pairs):
+    """(batch, max response length) log-probs of each response given its prompt, computed row by row."""
+    per_row = []
+    for prompt, completion in pairs:
+        ids = torch.cat([prompt, completion]).unsqueeze(0)
+        log_probs = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0, len(prompt) - 1 :]
+        per_row.append(log_probs)
+    width = max(len(lp) for lp in per_row)
+    padded = torch.stack([torch.nn.functional.pad(lp, (0, width - len(lp))) for lp in per_row])
+    mask = torch.stack([torch.arange(width) < len(lp) for lp in per_row])
+    return padded, mask
+
+
+def reference_step(checkpoint, tokenizer, rollout, args, reward=varied_reward, old_log_probs=None):
+    """The assignment's loss and gradients on the whole rollout batch, from a fresh copy of the initial model."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    pairs = rows(rollout)
+    texts = tokenizer.batch_decode([c for _, c in pairs], skip_special_tokens=True)
+    advantages, raw_rewards, _ = compute_group_normalized_rewards(
+        lambda response, truth: {"reward": reward([response])[0]},
+        texts,
+        [None] * len(texts),
+        args.group_size,
+        args.advantage_eps,
+        args.use_std_normalization,
+    )
+    log_probs, mask = response_log_probs(model, pairs)
+    loss, _ = grpo_microbatch_train_step(
+        log_probs,
+        mask,
+        1,
+        args.loss_type,
+        raw_rewards=raw_rewards.unsqueeze(1),
+        advantages=advantages.unsqueeze(1),
+        old_log_probs=log_probs.detach() if old_log_probs is None else old_log_probs,
+        cliprange=args.cliprange,
+        length_normalization=args.length_normalization,
+        normalize_constant=args.normalize_constant,
+    )
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads, advantages, raw_rewards
+
+
+def assert_same_grads(actual, expected, rtol=1e-4, atol=1e-7):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("use_std", [True, False], ids=["std", "nostd"])
+@pytest.mark.parametrize("length_normalization", LENGTH_NORMALIZATIONS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_one_step_equals_the_assignment_functions(
+    tiny_checkpoint, tiny_tokenizer, tmp_path, loss_type, length_normalization, use_std
+):
+    args = tiny_config(
+        tmp_path, loss_type=loss_type, length_normalization=length_normalization, use_std_normalization=use_std
+    )
+    trainer, rollouts, grads = run(tiny_checkpoint, args)
+    (rollout,) = rollouts
+    assert rollout["completion_ids"].size(0) == args.rollout_batch_size
+    lengths = rollout["completion_mask"].sum(dim=1)
+    assert lengths.min() < lengths.max(), "the test needs responses of different lengths"
+    loss, expected_grads, advantages, raw_rewards = reference_step(tiny_checkpoint, tiny_tokenizer, rollout, args)
+
+    torch.testing.assert_close(rollout["advantages"], advantages)
+    torch.testing.assert_close(rollout["raw_rewards"], raw_rewards)
+    assert advantages.abs().sum() > 0
+    assert_same_grads(grads[0], expected_grads)
+    (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-7)
+    expected_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected_grads.values()])).item()
+    assert logged["grad_norm"] == pytest.approx(expected_norm, rel=1e-4)
+    for key in ("entropy", "reward", "frac_reward_zero_std", "completions/mean_length",
+                "completions/mean_length_correct", "completions/mean_length_incorrect"):
+        assert key in logged
+    if loss_type == "grpo_clip":
+        assert logged["clip_fraction"] == 0.0  # on-policy: ratio 1
+
+
+@pytest.mark.parametrize("length_normalization", LENGTH_NORMALIZATIONS)
+def test_update_does_not_depend_on_micro_batching(tiny_checkpoint, tiny_tokenizer, tmp_path, length_normalization):
+    results = {}
+    for steps in (1, 2, 4):
+        args = tiny_config(
+            tmp_path / str(steps), gradient_accumulation_steps=steps, length_normalization=length_normalization
+        )
+        assert args.per_device_train_batch_size == 8 // steps
+        _, rollouts, grads = run(tiny_checkpoint, args)
+        results[steps] = (rollouts[0], grads[0])
+    for steps in (2, 4):
+        torch.testing.assert_close(results[steps][0]["completion_ids"], results[1][0]["completion_ids"])
+        assert_same_grads(results[steps][1], results[1][1], rtol=1e-5, atol=1e-8)
+    _, expected_grads, _, _ = reference_step(tiny_checkpoint, tiny_tokenizer, results[1][0], args)
+    assert_same_grads(results[4][1], expected_grads)
+
+
+def test_off_policy_reuses_old_log_probs_computed_once_per_rollout_batch(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    # rollout 8, train batch 4, 2 epochs: 2 train steps x 2 epochs = 4 optimizer steps per rollout batch.
+    args = tiny_config(
+        tmp_path, loss_type="grpo_clip", train_batch_size=4, gradient_accumulation_steps=2,
+        epochs_per_rollout_batch=2, max_steps=8, learning_rate=1e-2, cliprange=0.05,
+    )
+    assert (args.num_iterations, args.steps_per_generation, args.per_device_train_batch_size) == (2, 4, 2)
+    trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
+                              train_dataset=prompt_dataset())
+    calls = {"no_grad": 0, "grad": 0}
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def counting(*a, **kw):
+        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return logps(*a, **kw)
+
+    trainer._get_per_token_logps_and_entropies = counting
+    rollouts, loss_inputs = [], []
+    generate_and_score = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: rollouts.append(generate_and_score(inputs)) or rollouts[-1]
+    compute_loss = trainer._compute_loss
+    trainer._compute_loss = lambda model, inputs: loss_inputs.append(inputs) or compute_loss(model, inputs)
+    trainer.train()
+
+    assert trainer.state.global_step == 8
+    assert len(rollouts) == 2  # 4 optimizer steps per rollout batch
+    assert [inputs["completion_ids"].size(0) for inputs in loss_inputs] == [2] * 16  # micro-batches of 2
+    assert calls == {"no_grad": 2, "grad": 16}  # old log-probs once per rollout batch; 2 micro-batches per step
+    for batch, rollout in enumerate(rollouts):
+        old = rollout["old_per_token_logps"]
+        assert not old.requires_grad
+        used = loss_inputs[8 * batch : 8 * (batch + 1)]
+        for epoch in range(2):  # each epoch's 4 micro-batches hold exactly the rows of the stored old log-probs
+            seen = torch.cat([inputs["old_per_token_logps"] for inputs in used[4 * epoch : 4 * (epoch + 1)]])
+            assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, old.tolist()))
+    # The first batch's old log-probs are the initial policy's.
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        expected, mask = response_log_probs(model, rows(rollouts[0]))
+    old = rollouts[0]["old_per_token_logps"][:, : expected.size(1)]
+    torch.testing.assert_close(old * mask, expected * mask, rtol=1e-4, atol=1e-5)
+    clip = [entry["clip_fraction"] for entry in trainer.state.log_history if "clip_fraction" in entry]
+    assert clip[0] == 0.0 and max(clip) > 0.0  # the policy moves within a rollout batch, and gets clipped
+
+
+@pytest.mark.parametrize("length_normalization", LENGTH_NORMALIZATIONS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_equal_rewards_give_zero_advantages_and_no_nan(tiny_checkpoint, tmp_path, loss_type, length_normalization):
+    args = tiny_config(tmp_path, loss_type=loss_type, length_normalization=length_normalization,
+                       epochs_per_rollout_batch=2, max_steps=2)
+    trainer, rollouts, grads = run(tiny_checkpoint, args, reward=constant_reward)
+    assert torch.equal(rollouts[0]["advantages"], torch.zeros(8))
+    for step_grads in grads:
+        flat = torch.cat([g.flatten() for g in step_grads.values()])
+        assert torch.isfinite(flat).all()
+        assert (flat.abs().sum() > 0) == (loss_type == "no_baseline")  # raw rewards of 1 still push
+    for entry in trainer.state.log_history:
+        assert all(not (isinstance(v, float) and math.isnan(v)) for v in entry.values()), entry
+    assert trainer.state.log_history[0]["frac_reward_zero_std"] == 1.0
+
+
+def fixed_batch(tokenizer, old_shift: float):
+    """Four rows, two groups of two; row 2 has no response token (an empty or fully masked completion)."""
+    prompt_ids = tokenizer(["What is 1+1?"] * 4, return_tensors="pt")["input_ids"]
+    completion_ids = torch.tensor([[5, 9, 11, 40, 7], [23, 3, 0, 0, 0], [0, 0, 0, 0, 0], [8, 8, 2, 19, 0]])
+    completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "raw_rewards": torch.tensor([1.0, 0.0, 0.0, 1.0]),
+        "advantages": torch.tensor([0.7, -0.7, -0.7, 0.7]),
+        "old_shift": old_shift * torch.randn(4, 5, generator=generator),
+    }
+
+
+@pytest.mark.parametrize("length_normalization", LENGTH_NORMALIZATIONS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_fixed_batch_with_old_log_probs_and_a_masked_row(
+    tiny_checkpoint, tiny_tokenizer, tmp_path, loss_type, length_normalization
+):
+    args = tiny_config(tmp_path, loss_type=loss_type, length_normalization=length_normalization,
+                       group_size=2, rollout_batch_size=4, train_batch_size=4, cliprange=0.1)
+    trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
+                              train_dataset=prompt_dataset())
+    batch = fixed_batch(tiny_tokenizer, old_shift=0.3)
+    model = trainer.model
+    model.train()
+    with torch.no_grad():
+        current, _ = response_log_probs(model, rows(batch)[:2] + rows(batch)[3:])
+    inputs = {k: v for k, v in batch.items() if k != "old_shift"}
+    inputs["old_per_token_logps"] = torch.zeros(4, 5)
+    kept = [0, 1, 3]
+    inputs["old_per_token_logps"][kept, : current.size(1)] = current
+    inputs["old_per_token_logps"] += batch["old_shift"]
+    trainer.current_gradient_accumulation_steps = 2  # what TRL's loop sets: this micro-batch is one of two
+    model.zero_grad()
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # Reference: the empty row contributes zero to the batch mean of per-example losses.
+    reference = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pairs = [rows(batch)[i] for i in kept]
+    log_probs, mask = response_log_probs(reference, pairs)
+    expected, metadata = grpo_microbatch_train_step(
+        log_probs, mask, 2 * 4 / 3, loss_type,
+        raw_rewards=batch["raw_rewards"][kept].unsqueeze(1),
+        advantages=batch["advantages"][kept].unsqueeze(1),
+        old_log_probs=inputs["old_per_token_logps"][kept, : log_probs.size(1)],
+        cliprange=0.1, length_normalization=length_normalization, normalize_constant=16.0,
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+    assert_same_grads(grads, {n: p.grad for n, p in reference.named_parameters() if p.grad is not None})
+    if loss_type == "grpo_clip":
+        assert metadata["clipped"][mask].any()  # the shift is large enough for clipping to matter
+        assert trainer._metrics["train"]["clip_fraction"][-1] == pytest.approx(
+            metadata["clipped"][mask].float().mean().item()
+        )
+
+
+def test_lora_trains_a_step(tiny_checkpoint, tmp_path):
+    from peft import LoraConfig
+
+    args = tiny_config(tmp_path, learning_rate=1e-2)
+    peft_config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer, rollouts, grads = run(tiny_checkpoint, args, peft_config=peft_config)
+    assert trainer.state.global_step == 1
+    assert grads[0] and all("lora_" in name for name in grads[0])
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: the step moved it
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    merged_names = dict(trainer.model.get_base_model().named_parameters())
+    weight = merged_names["model.layers.0.mlp.up_proj.weight"]
+    torch.testing.assert_close(weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_rollouts_log_and_generation_stop_at_answer_tag(qwen_tokenizer):
+    completion = " 2+2 is 4 </think> <answer> 4 </answer> and then more text </answer>"
+    ids = qwen_tokenizer(completion, add_special_tokens=False)["input_ids"] + [qwen_tokenizer.eos_token_id]
+    cut = truncate_at_stop_string(ids, qwen_tokenizer, "</answer>", min_tokens=4)
+    text = qwen_tokenizer.decode(cut)
+    assert text.startswith(" 2+2 is 4 </think> <answer> 4 </answer>")
+    assert text.count("</answer>") == 1 and "more" not in text
+    assert "</answer>" not in qwen_tokenizer.decode(cut[:-1])  # the last kept token completes the stop string
+    assert truncate_at_stop_string(ids[:5], qwen_tokenizer, "</answer>") == ids[:5]  # no stop: unchanged
+    # A stop string completed before min_tokens tokens does not stop: the next occurrence does.
+    early = qwen_tokenizer("</answer> x y z w </answer> tail", add_special_tokens=False)["input_ids"]
+    kept = qwen_tokenizer.decode(truncate_at_stop_string(early, qwen_tokenizer, "</answer>", min_tokens=4))
+    assert kept == "</answer> x y z w </answer>"
