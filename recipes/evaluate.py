@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from trl import TrlParser
 
-from trl_math.data import PROMPT_NAMES, MathDataArguments, load_math_problems
+from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.evaluation import CATEGORIES, EvalSampling, evaluate_transformers, evaluate_vllm
 
 CATEGORY_LABELS = {
@@ -69,16 +69,7 @@ def run(args: EvaluateArguments, sampling: EvalSampling):
     if args.backend not in ("auto", "vllm", "transformers"):
         raise ValueError(f"backend: {args.backend!r} is not 'auto', 'vllm' or 'transformers'")
     backend = args.backend if args.backend != "auto" else ("vllm" if _vllm_available() else "transformers")
-    problems = load_math_problems(
-        args.eval_source,
-        split=args.eval_split,
-        problem_field=args.problem_field,
-        answer_field=args.answer_field,
-        solution_field=args.solution_field,
-        prompt=args.prompt,
-        skip_malformed=args.skip_malformed,
-        limit=args.eval_limit,
-    )
+    problems = args.load_problems("eval")
     reward_fn = r1_zero_reward_fn if reward == "r1_zero" else question_only_reward_fn
     common = {
         "reward_fn": reward_fn,

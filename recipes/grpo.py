@@ -10,12 +10,12 @@ Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig 
 from __future__ import annotations
 
 import gc
-import importlib
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_math.data import PROMPT_NAMES, MathDataArguments, load_math_problems
+from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.grading.registry import resolve_callable
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 
@@ -46,24 +46,10 @@ class GRPOScriptArguments(MathDataArguments):
     )
 
 
-def problems(args: GRPOScriptArguments, source: str, split: str, limit: int | None):
-    return load_math_problems(
-        source,
-        split=split,
-        problem_field=args.problem_field,
-        answer_field=args.answer_field,
-        solution_field=args.solution_field,
-        prompt=args.prompt,
-        skip_malformed=args.skip_malformed,
-        limit=limit,
-    )
-
-
 def reward_functions(args: GRPOScriptArguments) -> tuple[list, list[float] | None]:
     """(reward functions, their default weights)."""
     if args.reward_funcs:
-        modules_and_names = [path.rsplit(".", 1) for path in args.reward_funcs]
-        return [getattr(importlib.import_module(module), name) for module, name in modules_and_names], None
+        return [resolve_callable(path) for path in args.reward_funcs], None
     reward = args.reward or args.prompt
     if reward not in PROMPT_NAMES:
         raise ValueError(f"reward: {reward!r} is not one of {PROMPT_NAMES} (set --reward with a custom prompt file)")
@@ -90,12 +76,8 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    train = problems(script_args, script_args.train_source, script_args.train_split, script_args.train_limit)
-    evaluation = (
-        problems(script_args, script_args.eval_source, script_args.eval_split, script_args.eval_limit)
-        if training_args.eval_strategy != "no"
-        else None
-    )
+    train = script_args.load_problems("train")
+    evaluation = script_args.load_problems("eval") if training_args.eval_strategy != "no" else None
     trainer = MathGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -107,7 +89,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if script_args.final_full_eval:
-        full = problems(script_args, script_args.eval_source, script_args.eval_split, None)
+        full = script_args.load_problems("eval", limit=None)
         trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.train_source)

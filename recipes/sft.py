@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_math.data import PROMPT_NAMES, MathDataArguments, load_math_problems
+from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments, load_sft_examples
 from trl_math.sft_trainer import MathSFTTrainer
@@ -45,18 +45,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         ground_truth_field=sft_args.ground_truth_field,
         require_ground_truth=training_args.filter_correct,
     )
-    validation = None
-    if data_args.eval_source is not None:
-        validation = load_math_problems(
-            data_args.eval_source,
-            split=data_args.eval_split,
-            problem_field=data_args.problem_field,
-            answer_field=data_args.answer_field,
-            solution_field=data_args.solution_field,
-            prompt=data_args.prompt,
-            skip_malformed=data_args.skip_malformed,
-            limit=data_args.eval_limit,
-        )
+    validation = data_args.load_problems("eval") if data_args.eval_source is not None else None
     trainer = MathSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

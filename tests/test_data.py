@@ -8,6 +8,7 @@ import pytest
 
 from trl_math.data import (
     MalformedRowError,
+    MathDataArguments,
     format_prompt,
     load_math_problems,
     load_prompt_template,
@@ -98,6 +99,14 @@ def test_missing_file_and_empty_file(tmp_path):
         load_math_problems(tmp_path / "nope.jsonl")
     with pytest.raises(ValueError, match="no usable problems"):
         load_math_problems(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_load_problems_limit_override(tmp_path):
+    path = write_jsonl(tmp_path / "v.jsonl", [{"problem": f"q{i}", "answer": str(i)} for i in range(5)])
+    args = MathDataArguments(eval_source=str(path), eval_limit=2)
+    assert len(args.load_problems("eval")) == 2  # the configured eval_limit
+    assert len(args.load_problems("eval", limit=3)) == 3
+    assert len(args.load_problems("eval", limit=None)) == 5  # None: every row
 
 
 def test_unknown_prompt_is_an_error(tmp_path):

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 PROMPT_NAMES: tuple[str, ...] = ("r1_zero", "question_only")
+_CONFIGURED_LIMIT = object()  # MathDataArguments.load_problems' default: the configured train_limit / eval_limit
 
 
 class MalformedRowError(ValueError):
@@ -70,8 +72,11 @@ class MathDataArguments:
         metadata={"help": "Skip rows without a usable problem or answer (their count is printed) instead of failing."},
     )
 
-    def load_problems(self, which: str):
-        """The training ('train') or validation ('eval') problems these arguments describe."""
+    def load_problems(self, which: str, limit: int | None | object = _CONFIGURED_LIMIT):
+        """The training ('train') or validation ('eval') problems these arguments describe.
+
+        `limit` overrides train_limit / eval_limit (None: every row); left out, the configured one applies.
+        """
         if which not in ("train", "eval"):
             raise ValueError(f"which must be 'train' or 'eval', got {which!r}")
         source = self.train_source if which == "train" else self.eval_source
@@ -85,7 +90,7 @@ class MathDataArguments:
             solution_field=self.solution_field,
             prompt=self.prompt,
             skip_malformed=self.skip_malformed,
-            limit=self.train_limit if which == "train" else self.eval_limit,
+            limit=(self.train_limit if which == "train" else self.eval_limit) if limit is _CONFIGURED_LIMIT else limit,
         )
 
 
@@ -141,12 +146,29 @@ def _iter_jsonl(path: Path):
             yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
 
 
-def _iter_hub(source: str, split: str | None):
+def _iter_hub(source: str, split: str):
     from datasets import load_dataset
 
-    dataset = load_dataset(source, split=split or "train")
-    for index, row in enumerate(dataset):
+    for index, row in enumerate(load_dataset(source, split=split)):
         yield index, row
+
+
+def iter_rows(
+    source: str | Path, split: str | None = None
+) -> tuple[Iterator[tuple[int, dict | str]], Callable[[int], str]]:
+    """(rows, where) of `source`: a local JSONL file (a .jsonl/.json name or an existing path) or a Hub dataset id
+    read with `split` (None: 'train').
+
+    `rows` yields (line or row number, row), the row being a dict or, for an unreadable JSONL line, the message
+    saying why; `where(number)` locates a row for error messages ("file:line" or "dataset (split s) row n").
+    """
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        return _iter_jsonl(path), (lambda n: f"{path}:{n}")
+    split = split or "train"
+    return _iter_hub(str(source), split), (lambda n: f"{source} (split {split}) row {n}")
 
 
 def load_math_problems(
@@ -169,14 +191,7 @@ def load_math_problems(
     if answer_field is None and solution_field is None:
         raise ValueError("load_math_problems needs `answer_field` or `solution_field` to find the answers")
     template = load_prompt_template(prompt)
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"problem file {path} does not exist")
-        rows, where = _iter_jsonl(path), (lambda n: f"{path}:{n}")
-    else:
-        rows, where = _iter_hub(str(source), split), (lambda n: f"{source} (split {split or 'train'}) row {n}")
-
+    rows, where = iter_rows(source, split)
     columns: dict[str, list[str]] = {"prompt": [], "ground_truth": [], "problem": []}
     skipped: list[str] = []
     for number, row in rows:

@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
+from .stopping import find_stop
+
 RECORDS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 # (format_reward, answer_reward) -> category; the r1_zero grader never gives (0, 1), question_only can't either.
@@ -72,18 +74,6 @@ def generate_vllm(llm, prompts: Sequence[str], sampling_params) -> list[Completi
     return [Completion(c.text, len(c.token_ids), c.finish_reason) for o in outputs for c in o.outputs]
 
 
-def _prefix_through(ids: list[int], tokenizer, stop: str, start: int) -> int:
-    """Fewest leading tokens of `ids` whose text holds the occurrence of `stop` at character `start`."""
-    low, high = 1, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if tokenizer.decode(ids[:middle], skip_special_tokens=True).find(stop, start) >= 0:
-            high = middle
-        else:
-            low = middle + 1
-    return low
-
-
 def completion_from_generated_ids(ids: list[int], tokenizer, sampling: EvalSampling, eos_ids: set[int]) -> Completion:
     """The vLLM view of one row of `generate` output (the tokens after the prompt, padded after the end).
 
@@ -95,19 +85,9 @@ def completion_from_generated_ids(ids: list[int], tokenizer, sampling: EvalSampl
     end = next((i for i, t in enumerate(ids) if t in eos_ids or t == pad), len(ids))
     body = ids[:end]
     text = tokenizer.decode(body, skip_special_tokens=True)
-    best = None  # (tokens, text) of the earliest stop
-    for stop in sampling.stop or []:
-        position = text.find(stop)
-        while position >= 0:
-            tokens = _prefix_through(body, tokenizer, stop, position)
-            if tokens >= sampling.min_tokens:
-                if best is None or tokens < best[0]:
-                    cut = text[: position + len(stop)] if sampling.include_stop_str_in_output else text[:position]
-                    best = (tokens, cut)
-                break
-            position = text.find(stop, position + 1)
-    if best is not None:
-        return Completion(best[1], best[0], "stop")
+    match = find_stop(body, tokenizer, sampling.stop or [], sampling.min_tokens)
+    if match is not None:
+        return Completion(text[: match.end if sampling.include_stop_str_in_output else match.start], match.tokens, "stop")
     if end < len(ids) and ids[end] in eos_ids:
         return Completion(text, end + 1, "stop")
     return Completion(text, len(body), "length")

@@ -30,25 +30,14 @@ from .grpo_config import MathGRPOConfig
 from .losses import aggregate_per_token_loss, compute_policy_gradient_loss
 from .model_card import AssignmentModelCardMixin
 from .run_log import MetricsLogCallback
+from .stopping import find_stop
 
 
 def truncate_at_stop_string(completion_ids: list[int], tokenizer, stop: str, min_tokens: int = 0) -> list[int]:
     """The completion up to and including the token that completes the first `stop` (as vLLM's stop=[...],
     include_stop_str_in_output=True): an occurrence completed before `min_tokens` tokens does not stop it."""
-    text = tokenizer.decode(completion_ids)
-    search_from = 0
-    while (start := text.find(stop, search_from)) >= 0:
-        low, high = 1, len(completion_ids)  # smallest prefix whose text holds this occurrence
-        while low < high:
-            middle = (low + high) // 2
-            if tokenizer.decode(completion_ids[:middle]).find(stop, start) >= 0:
-                high = middle
-            else:
-                low = middle + 1
-        if low >= min_tokens:
-            return list(completion_ids[:low])
-        search_from = start + 1
-    return list(completion_ids)
+    match = find_stop(completion_ids, tokenizer, [stop], min_tokens)
+    return list(completion_ids if match is None else completion_ids[: match.tokens])
 
 
 class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import _iter_hub, _iter_jsonl
+from .data import iter_rows
 from .logprobs import tokenize_prompt_and_output
 
 
@@ -46,13 +46,7 @@ def load_sft_examples(
     """SFT examples of `source` as a Dataset with columns prompt, response, ground_truth (None where absent)."""
     from datasets import Dataset
 
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"SFT example file {path} does not exist")
-        rows, where = _iter_jsonl(path), (lambda n: f"{path}:{n}")
-    else:
-        rows, where = _iter_hub(str(source), split), (lambda n: f"{source} (split {split}) row {n}")
+    rows, where = iter_rows(source, split)
     columns: dict[str, list] = {"prompt": [], "response": [], "ground_truth": []}
     for number, row in rows:
         if isinstance(row, str):
