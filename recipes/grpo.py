@@ -46,23 +46,21 @@ class GRPOScriptArguments(MathDataArguments):
     )
 
 
-def reward_functions(args: GRPOScriptArguments) -> tuple[list, list[float] | None]:
-    """(reward functions, their default weights)."""
+def reward_functions(args: GRPOScriptArguments) -> list:
+    """The reward functions: custom dotted paths, or the prompt's [answer reward (trained on), format reward
+    (logged; default_weight 0)]."""
     if args.reward_funcs:
-        return [resolve_callable(path) for path in args.reward_funcs], None
+        return [resolve_callable(path) for path in args.reward_funcs]
     reward = args.reward or args.prompt
     if reward not in PROMPT_NAMES:
         raise ValueError(f"reward: {reward!r} is not one of {PROMPT_NAMES} (set --reward with a custom prompt file)")
     from trl_math.grading import make_trl_reward_funcs
 
-    # [answer reward, format reward]: the assignment's reward is the answer reward; the format reward is logged.
-    return make_trl_reward_funcs(prompt=reward, mode=args.reward_mode), [1.0, 0.0]
+    return make_trl_reward_funcs(prompt=reward, mode=args.reward_mode)
 
 
 def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
-    reward_funcs, reward_weights = reward_functions(script_args)
-    if training_args.reward_weights is None:
-        training_args.reward_weights = reward_weights
+    reward_funcs = reward_functions(script_args)
     if script_args.train_source is None:
         raise ValueError("train_source: required (a JSONL file or a Hub dataset id)")
     validating = training_args.eval_strategy != "no" or script_args.final_full_eval

@@ -355,3 +355,21 @@ def test_rollouts_log_and_generation_stop_at_answer_tag(qwen_tokenizer):
     early = qwen_tokenizer("</answer> x y z w </answer> tail", add_special_tokens=False)["input_ids"]
     kept = qwen_tokenizer.decode(truncate_at_stop_string(early, qwen_tokenizer, "</answer>", min_tokens=4))
     assert kept == "</answer> x y z w </answer>"
+
+
+def test_course_rewards_train_on_the_answer_reward_and_log_the_format_reward(tiny_checkpoint, tmp_path):
+    """make_trl_reward_funcs gives [answer, format]: without reward_weights the objective is the answer reward
+    alone (the course's), and the format reward is logged with weight 0; explicit weights still win."""
+    from trl_math.grading import make_trl_reward_funcs
+
+    trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=make_trl_reward_funcs("r1_zero"),
+                              args=tiny_config(tmp_path), train_dataset=prompt_dataset())
+    assert trainer.reward_weights.tolist() == [1.0, 0.0]
+    assert trainer.reward_func_names == ["r1_zero_answer_reward", "r1_zero_format_reward"]
+    custom = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward, constant_reward],
+                             args=tiny_config(tmp_path / "custom"), train_dataset=prompt_dataset())
+    assert custom.reward_weights.tolist() == [1.0, 1.0]
+    explicit = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=make_trl_reward_funcs("r1_zero"),
+                               args=tiny_config(tmp_path / "explicit", reward_weights=[1.0, 0.5]),
+                               train_dataset=prompt_dataset())
+    assert explicit.reward_weights.tolist() == [1.0, 0.5]

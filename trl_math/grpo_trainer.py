@@ -50,6 +50,9 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
     def __init__(self, model, reward_funcs, args: MathGRPOConfig, **kwargs):
         if not isinstance(args, MathGRPOConfig):
             raise TypeError(f"MathGRPOTrainer needs a MathGRPOConfig, got {type(args).__name__}")
+        if args.reward_weights is None:  # e.g. make_trl_reward_funcs: answer 1.0, format 0.0 (logged only)
+            funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+            args.reward_weights = [float(getattr(f, "default_weight", 1.0)) for f in funcs]
         super().__init__(model, reward_funcs, args, **kwargs)
         # MathGRPOConfig.train_batch_size (the assignment's: rollouts per optimizer step over all processes)
         # shadows TrainingArguments.train_batch_size (per device), which Trainer copied: restore the latter.

@@ -43,6 +43,9 @@ class TRLReward:
         if prompt not in ("r1_zero", "question_only"):
             raise ValueError("prompt must be 'r1_zero' or 'question_only'")
         self.kind, self.prompt, self.mode, self.fast, self.pool = kind, prompt, mode, fast, pool
+        # The assignment's reward is the answer reward; the format reward is logged, not trained on.
+        # MathGRPOTrainer reads this when reward_weights is not set.
+        self.default_weight = 1.0 if kind == "answer" else 0.0
         suffix = "" if mode == "course" else f"_{mode}"
         self.__name__ = name or (
             f"{prompt}_format_reward" if kind == "format" else f"{prompt}{suffix}_answer_reward"
@@ -104,8 +107,9 @@ def make_trl_reward_funcs(prompt: str = "r1_zero", mode: str = "course", pool=No
     """``[answer_reward, format_reward]`` for GRPOTrainer(reward_funcs=...).
 
     Names: ``r1_zero_answer_reward`` / ``r1_zero_accurate_answer_reward`` (by mode) and
-    ``r1_zero_format_reward``; ``question_only_*`` likewise.  Give the format reward weight 0
-    in ``GRPOConfig.reward_weights`` to log it without training on it (the course's reward
-    is the answer reward alone).  ``pool``: a ``GradingPool`` for hard per-item time limits.
+    ``r1_zero_format_reward``; ``question_only_*`` likewise.  Each carries ``default_weight``
+    (answer 1.0, format 0.0): MathGRPOTrainer trains on the answer reward alone, as the course does,
+    and logs the format reward, unless ``reward_weights`` says otherwise.  ``pool``: a
+    ``GradingPool`` for hard per-item time limits.
     """
     return [TRLReward("answer", prompt, mode, fast, pool), TRLReward("format", prompt, mode, fast)]
