@@ -18,6 +18,7 @@ from trl import ModelConfig, TrlParser
 from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer
 from trl_math.grading.registry import resolve_reward_fn
+from trl_math.model_config import apply_model_config
 
 
 @dataclass
@@ -36,12 +37,7 @@ def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, mod
         raise ValueError("train_source: required (the questions: a JSONL file or a Hub dataset id)")
     if data_args.reward_fn is None and data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"reward_fn: required with a custom prompt file ({data_args.prompt!r})")
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    apply_model_config(training_args, model_args)
     trainer = ExpertIterationTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

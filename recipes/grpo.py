@@ -3,12 +3,17 @@
     accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/grpo.py \
         --config recipes/configs/grpo/baseline.yaml [--learning_rate 3e-5 ...]
 
+With no arguments (`python recipes/grpo.py`, `accelerate launch recipes/grpo.py`) it runs the CPU learning
+demo instead: a tiny model built locally, warm-started with SFT, then trained with GRPO on synthetic sums
+(`--demo --seed 1 --output_dir runs/demo-1 ...` sets its options; see trl_math/demo.py).
+
 Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig and TRL's ModelConfig
 (model, dtype, LoRA); YAML via --config, command-line flags override it.
 """
 
 from __future__ import annotations
 
+import sys
 import gc
 from dataclasses import dataclass, field
 
@@ -18,6 +23,7 @@ from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.grading.registry import resolve_callable
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
+from trl_math.model_config import apply_model_config
 
 
 @dataclass
@@ -67,13 +73,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     if validating and script_args.eval_source is None:
         raise ValueError("eval_source: required when eval_strategy is not 'no' or final_full_eval is set")
 
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    apply_model_config(training_args, model_args)
     train = script_args.load_problems("train")
     evaluation = script_args.load_problems("eval") if training_args.eval_strategy != "no" else None
     trainer = MathGRPOTrainer(
@@ -103,5 +103,10 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
 
 
 if __name__ == "__main__":
-    parser = TrlParser((GRPOScriptArguments, MathGRPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    if len(sys.argv) == 1 or sys.argv[1] == "--demo":  # no arguments: the CPU learning demo (trl_math.demo)
+        from trl_math.demo import main as demo
+
+        demo(sys.argv[2:])
+    else:
+        parser = TrlParser((GRPOScriptArguments, MathGRPOConfig, ModelConfig))
+        main(*parser.parse_args_and_config())

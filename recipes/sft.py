@@ -14,6 +14,7 @@ from __future__ import annotations
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.model_config import apply_model_config
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments, load_sft_examples
 from trl_math.sft_trainer import MathSFTTrainer
@@ -31,12 +32,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
     if data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"prompt: validation grades with the reward of 'r1_zero' or 'question_only', got {data_args.prompt!r}")
 
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
+    apply_model_config(training_args, model_args)
     train = load_sft_examples(
         sft_args.sft_source,
         split=sft_args.sft_split,

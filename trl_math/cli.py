@@ -1,4 +1,4 @@
-"""The `trl-math` command line: `trl-math plot RUN_DIR [RUN_DIR ...]`."""
+"""The `trl-math` command line: `trl-math plot RUN_DIR [RUN_DIR ...]`, `trl-math demo [--seed N ...]`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("-o", "--output", default="validation_curves.png", help="PNG to write")
     plot.add_argument("--metric", default=None, help="logged key to draw (default: the first validation reward found)")
     plot.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (default: folder names)")
-    args = parser.parse_args(argv)
+    sub.add_parser("demo", help="the CPU learning demo (SFT warm start, then GRPO); options: trl-math demo --help",
+                   add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo
+
+        demo(rest)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "plot":
         from .plotting import plot_runs
