@@ -89,3 +89,16 @@ def test_trainer_requires_the_math_config(tiny_checkpoint, tmp_path):
 
     with pytest.raises(TypeError, match="needs a MathGRPOConfig"):
         MathGRPOTrainer(str(tiny_checkpoint), [], GRPOConfig(output_dir=str(tmp_path), **CPU))
+
+
+def test_checkpoints_inside_a_rollout_batch_are_warned_about(tmp_path):
+    off_policy = {"rollout_batch_size": 256, "train_batch_size": 128, "gradient_accumulation_steps": 64,
+                  "epochs_per_rollout_batch": 2, "save_strategy": "steps"}  # 4 optimizer steps per rollout batch
+    with pytest.warns(UserWarning, match=r"save_steps \(50\) is not a multiple of the 4 optimizer steps"):
+        MathGRPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, save_steps=50, **off_policy)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="MathGRPOConfig: save_steps")
+        MathGRPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, save_steps=48, **off_policy)
+

@@ -21,11 +21,14 @@ class FakeClock:
 
 
 def _log_run(output_dir, rewards, clock, start_step=0):
+    """Drive the callback as Trainer does: train begins, then (on resume) the checkpoint's step is restored."""
     args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none")
     state = TrainerState()
     callback = MetricsLogCallback(clock=clock)
     callback.on_train_begin(args, state, TrainerControl())
+    state.global_step = start_step
     for i, reward in enumerate(rewards, start=start_step + 1):
+        callback.on_step_begin(args, state, TrainerControl())
         clock.now += 30.0
         state.global_step = i
         callback.on_log(args, state, TrainerControl(), logs={"loss": 0.5, "eval_answer_reward": reward, "note": None})
@@ -41,6 +44,16 @@ def test_metrics_log_records_step_and_wall_time_and_resumes_the_clock(tmp_path):
         (1, 30.0, 0.1), (2, 60.0, 0.2), (3, 90.0, 0.3)
     ]
     assert "note" not in records[0]
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_steps_trained_again(tmp_path):
+    clock = FakeClock()
+    _log_run(tmp_path, [0.1, 0.2, 0.3, 0.4], clock)  # died after step 4; the last checkpoint is step 2
+    _log_run(tmp_path, [0.5, 0.6], clock, start_step=2)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["wall_time_s"], r["eval_answer_reward"]) for r in records] == [
+        (1, 30.0, 0.1), (2, 60.0, 0.2), (3, 90.0, 0.5), (4, 120.0, 0.6)
+    ]
 
 
 def test_read_metrics_tolerates_only_a_torn_last_line(tmp_path):

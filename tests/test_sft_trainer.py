@@ -104,6 +104,28 @@ def test_one_optimizer_step_applies_the_summed_microbatch_gradients(tiny_model, 
         torch.testing.assert_close(before[name] - param.detach(), expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_the_last_shorter_accumulation_window_is_scaled_like_the_assignment(tiny_model, tiny_tokenizer, tmp_path):
+    """5 identical rows, micro-batches of 2, GA 2: windows of 2 and 1 micro-batches. Each micro-batch adds
+    sft_microbatch_train_step's gradient (its mean / GA), so the short window's gradient is half the full one's."""
+    rows = sft_rows(1) * 5
+    (micro_batch_grad, _) = reference_gradients(tiny_model, tiny_tokenizer, rows, [[0, 1]])  # GA 1: the mean gradient
+    grads = []
+
+    class Capture(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+
+    args = config(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=1,
+                  max_grad_norm=0.0, lr_scheduler_type="constant", learning_rate=0.0)
+    trainer = MathSFTTrainer(tiny_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer,
+                             optimizers=(torch.optim.SGD(tiny_model.parameters(), lr=0.0), None), callbacks=[Capture()])
+    trainer.train()
+    assert len(grads) == 2
+    for name, expected in micro_batch_grad.items():
+        torch.testing.assert_close(grads[0][name], expected, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[1][name], expected / 2, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_config_rejects_what_the_trainer_does_not_implement(tmp_path):
     with pytest.raises(ValueError, match="MathSFTConfig: packing"):
         config(tmp_path, packing=True)

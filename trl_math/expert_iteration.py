@@ -103,6 +103,18 @@ class ExpertIterationConfig(MathSFTConfig):
         )
 
 
+def _reject_sharded_training(args: ExpertIterationConfig) -> None:
+    """EI generates, validates and saves with the plain module between SFT phases: parameters must be whole
+    on every process (none, DDP, DeepSpeed ZeRO-1/2), and each process drives its own vLLM engine."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true") or \
+            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ValueError("ExpertIterationTrainer: sharded parameters (FSDP, DeepSpeed ZeRO-3) are not supported: "
+                         "launch with accelerate_configs/ddp.yaml or zero2.yaml")
+    if args.use_vllm and args.vllm_tensor_parallel_size != 1:
+        raise ValueError("ExpertIterationTrainer: vllm_tensor_parallel_size must be 1 (each process samples its "
+                         "own share of the questions on its own engine)")
+
+
 def _rng_states() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state().tolist()}
 
@@ -146,6 +158,7 @@ class ExpertIterationTrainer:
         self.state = PartialState()
         self.output_dir = Path(args.output_dir)
         self.base_model = model if isinstance(model, str) else model.config._name_or_path
+        _reject_sharded_training(args)
         self.completed_steps, self.log = 0, []
         saved = self._load_state() if args.resume else None
         if saved is not None:
@@ -153,6 +166,11 @@ class ExpertIterationTrainer:
             _set_rng_states(saved["rng"])
             model = str(self._step_dir(self.completed_steps - 1))
             processing_class = AutoTokenizer.from_pretrained(model)
+        if self.state.is_main_process:  # the log holds exactly the completed steps (none when starting over)
+            self._rewrite_metrics()
+            if saved is None:
+                (self.output_dir / STATE_FILE).unlink(missing_ok=True)
+        self.state.wait_for_everyone()
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
         self.model = model.to(self.state.device)
@@ -278,6 +296,9 @@ class ExpertIterationTrainer:
 
     def _sft(self, step: int, seed: int, dataset: Dataset) -> MathSFTTrainer:
         """One SFT phase (a fresh optimizer, as in Algorithm 2) on the kept rollouts."""
+        if self.state.is_main_process:  # a step that died half-way left its SFT logs: start them afresh
+            shutil.rmtree(self._step_dir(step) / "sft", ignore_errors=True)
+        self.state.wait_for_everyone()
         sft_args = dataclasses.replace(
             self.args, output_dir=str(self._step_dir(step) / "sft"), seed=seed, data_seed=seed, use_vllm=False,
             eval_strategy="no", save_strategy="no", push_to_hub=False, resume=False, model_init_kwargs=None,
@@ -346,14 +367,16 @@ class ExpertIterationTrainer:
                 "completed_steps": step + 1, "n_ei_steps": self.args.n_ei_steps, "seed": self.args.seed,
                 "rng": _jsonable(_rng_states()), "log": self.log,
             })
-            self._append_metrics(self.log[-1])
+            self._rewrite_metrics()
         self.state.wait_for_everyone()
 
-    def _append_metrics(self, record: dict) -> None:
-        """The plot-ready log (`trl-math plot` reads it): one line per EI step."""
+    def _rewrite_metrics(self) -> None:
+        """The plot-ready log (`trl-math plot` reads it): one line per completed EI step, from self.log."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / METRICS_FILE
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.log), encoding="utf-8")
+        os.replace(tmp, path)
 
     @staticmethod
     def _write_jsonl(path: Path, rows: list[dict]) -> None:

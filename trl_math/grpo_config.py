@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -217,6 +218,14 @@ class MathGRPOConfig(GRPOConfig):
         if self.max_completion_length is None or self.max_completion_length < self.min_new_tokens:
             fail("max_completion_length, min_new_tokens",
                  f"max_completion_length ({self.max_completion_length}) must be >= min_new_tokens ({self.min_new_tokens})")
+        steps_per_rollout_batch = self.rollout_batch_size // self.train_batch_size * self.epochs_per_rollout_batch
+        if getattr(self.save_strategy, "value", self.save_strategy) == "steps" and self.save_steps >= 1 and \
+                self.save_steps % steps_per_rollout_batch:
+            warnings.warn(
+                f"MathGRPOConfig: save_steps ({self.save_steps}) is not a multiple of the {steps_per_rollout_batch} "
+                "optimizer steps of a rollout batch (rollout_batch_size / train_batch_size x epochs_per_rollout_batch): "
+                "TRL regenerates rollouts on resume, so a run resumed from such a checkpoint finishes that rollout "
+                "batch's steps on fresh rollouts and differs from an uninterrupted run", stacklevel=3)
         if self.max_train_hours is not None and not self.max_train_hours > 0:
             fail("max_train_hours", f"must be > 0, got {self.max_train_hours}")
         for name, off in _UNSUPPORTED_LOSS_OPTIONS.items():

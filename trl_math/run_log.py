@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +27,9 @@ def _jsonable(value):
 class MetricsLogCallback(TrainerCallback):
     """Appends `{"step", "wall_time_s", **logs}` to `<output_dir>/metrics.jsonl` on the main process.
 
-    `wall_time_s` counts from the first `train()` of this output directory: a resumed run continues
-    the clock from the last line already in the file, so curves of interrupted runs stay continuous.
+    `wall_time_s` counts from the first `train()` of this output directory. A run resumed from a
+    checkpoint first drops the records past the checkpoint's step (those steps are trained again), then
+    continues the clock from the last record it keeps, so curves of interrupted runs stay continuous.
     """
 
     def __init__(self, clock=time.monotonic):
@@ -35,21 +37,39 @@ class MetricsLogCallback(TrainerCallback):
         self.path: Path | None = None
         self.offset_s = 0.0
         self.start = None
+        self._trimmed = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.path = Path(args.output_dir) / METRICS_FILE
         self.start = self.clock()
         self.offset_s = 0.0
-        if state.is_world_process_zero and self.path.exists():
-            previous = read_metrics(self.path)
-            if previous:
-                self.offset_s = float(previous[-1].get("wall_time_s", 0.0))
+        self._trimmed = False  # global_step is restored from a checkpoint only after this event
+
+    def _trim_to(self, step: int) -> None:
+        """Keep the records up to `step`; resume the clock from the last one kept."""
+        self._trimmed = True
+        if not self.path.exists():
+            return
+        records = read_metrics(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        if kept:
+            self.offset_s = float(kept[-1].get("wall_time_s", 0.0))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self._trimmed and state.is_world_process_zero and self.path is not None:
+            self._trim_to(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         if self.start is None:  # logging outside train() (e.g. a standalone evaluate())
             self.on_train_begin(args, state, control)
+        if not self._trimmed:
+            self._trim_to(state.global_step)
         record = {"step": state.global_step, "wall_time_s": round(self.offset_s + self.clock() - self.start, 3)}
         record.update({k: _jsonable(v) for k, v in logs.items() if isinstance(v, (int, float, str, bool))})
         self.path.parent.mkdir(parents=True, exist_ok=True)

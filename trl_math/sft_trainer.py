@@ -6,9 +6,9 @@ resume, PEFT, DeepSpeed/FSDP, Hub):
 - `__init__` selects the examples (filter_correct, num_unique_examples) and batches them with
   `SFTCollator` (tokenize_prompt_and_output), instead of TRL's dataset preparation;
 - `compute_loss` is sft_microbatch_train_step's loss without its backward: per example, the sum of the
-  response tokens' NLL over normalize_constant; the mean over the micro-batch. `loss_is_scaled_for_ga =
-  False` makes Trainer divide it by the gradient-accumulation steps before its backward, so each
-  micro-batch adds exactly sft_microbatch_train_step's gradient. Log-probs come from TRL's fused LM head
+  response tokens' NLL over normalize_constant; the mean over the micro-batch, divided by
+  gradient_accumulation_steps (`loss_is_scaled_for_ga = True`: Trainer adds no scaling of its own, also
+  not in the last, shorter accumulation window of an epoch). Log-probs come from TRL's fused LM head
   (no full logits);
 - `evaluate` is validation accuracy: the math_baseline evaluation of the current policy on the validation
   problems (`eval_dataset`: prompt, ground_truth), on vLLM (TRL's colocate backend, whose `sync_weights`
@@ -44,7 +44,7 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
     _tag_names = ["trl", "sft", "trl-math"]
     _name = "MathSFT"
     assignment_problem = "sft_experiment"
-    loss_is_scaled_for_ga = False  # Trainer divides our micro-batch mean by the accumulation steps
+    loss_is_scaled_for_ga = True  # compute_loss divides by gradient_accumulation_steps, as the assignment does
 
     def __init__(
         self,
@@ -90,6 +90,8 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
             self.add_callback(LogGenerationsCallback(self, reward_fn, args.num_logged_generations))
         if self.accelerator.is_main_process:
             write_json_atomic(Path(args.output_dir) / "sft_data.json", self.sft_data_stats)
+        if args.eval_strategy != "no":
+            self._check_validation_supported()
         self.vllm_generation = None
         if args.use_vllm:
             from trl.generation.vllm_generation import VLLMGeneration
@@ -125,6 +127,8 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
         )
         per_example_nll = -masked_normalize(outputs.log_probs, mask, self.args.normalize_constant, dim=-1)
         loss = per_example_nll.mean()
+        if self.model.training:  # the assignment's scaling: always the configured number of micro-batches
+            loss = loss / self.args.gradient_accumulation_steps
 
         mode = "train" if self.model.training else "eval"
         m = mask.float()
@@ -135,11 +139,24 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
         self._metrics[mode]["response_tokens"].append(tokens / examples)
         return (loss, outputs) if return_outputs else loss
 
+    def _check_validation_supported(self) -> None:
+        """Validation generates on the main process alone while the others wait: that deadlocks when a
+        forward needs every process (FSDP, ZeRO-3) or when vLLM spans several processes (tensor parallel)."""
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+        if sharded:
+            raise ValueError("eval_strategy: validation is not supported with sharded parameters (FSDP, DeepSpeed "
+                             "ZeRO-3): train with accelerate_configs/ddp.yaml or zero2.yaml, or set eval_strategy: no")
+        if self.args.use_vllm and self.args.vllm_tensor_parallel_size != 1:
+            raise ValueError("vllm_tensor_parallel_size: validation drives the main process's engine alone; use 1")
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Validation accuracy of the current policy (math_baseline's evaluation); logs and returns its metrics.
 
         Files: <output_dir>/eval/<metric_key_prefix>-step<N>/{generations.jsonl, summary.json}.
         """
+        self._check_validation_supported()
         problems = self.eval_dataset if eval_dataset is None else eval_dataset
         if problems is None or isinstance(problems, dict):
             raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
