@@ -37,7 +37,7 @@ def main():
         rows.append({"seed": seed, "before": summary["held_out_accuracy_before_grpo"],
                      "after": summary["held_out_accuracy_after_grpo"], "gain_points": summary["gain_points"],
                      "warm_start_sft_steps": summary["warm_start_sft_steps"], "grpo_steps": summary["grpo_steps"],
-                     "wall_seconds_launch_to_exit": round(wall, 1), "run_dir": str(out)})
+                     "wall_seconds_launch_to_exit": round(wall, 1)})
         print(json.dumps(rows[-1]), flush=True)
     print(f"{'seed':>4} {'before':>7} {'after':>7} {'gain':>6} {'SFT steps':>9} {'GRPO steps':>10} {'wall s':>7}")
     for r in rows:
