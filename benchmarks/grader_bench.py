@@ -31,6 +31,9 @@ from trl_math.grading import GradingPool, r1_zero_reward_fn  # noqa: E402
 from trl_math.grading._caches import clear_caches  # noqa: E402
 
 
+# Modes graded against the course grader's labels, and the label file (without .jsonl) of each.
+COURSE_LABELS = {"default": "dev_labels", "fast_false": "dev_labels_fast_false"}
+
 def load(name: str) -> list[dict]:
     with open(DATA / name, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
@@ -159,16 +162,11 @@ def main() -> None:
             print(f"[{name}] pool x{pstats['processes']}: {pstats['calls_per_s']} calls/s, "
                   f"timeouts {pstats['timeouts']}, errors {pstats['errors']}, "
                   f"identical results {same}/{len(ours)}")
-        if name == "default":
-            agr = agreement(by_id, load("dev_labels.jsonl"), ours)
-            report[name]["vs_dev_labels"] = agr
-            print(f"[default] vs dev_labels: format {agr['format_agreement_pct']}% of {agr['rows']}, "
-                  f"answer {agr['answer_agreement_pct']}% of {agr['finished_rows']} finished rows, "
-                  f"{len(agr['disagreements'])} disagreements")
-        elif name == "fast_false":
-            agr = agreement(by_id, load("dev_labels_fast_false.jsonl"), ours)
-            report[name]["vs_dev_labels_fast_false"] = agr
-            print(f"[fast_false] vs dev_labels_fast_false: format {agr['format_agreement_pct']}%, "
+        if name in COURSE_LABELS:  # the course grader's own labels for this mode
+            labels = COURSE_LABELS[name]
+            agr = agreement(by_id, load(f"{labels}.jsonl"), ours)
+            report[name][f"vs_{labels}"] = agr
+            print(f"[{name}] vs {labels}: format {agr['format_agreement_pct']}% of {agr['rows']}, "
                   f"answer {agr['answer_agreement_pct']}% of {agr['finished_rows']} finished rows, "
                   f"{len(agr['disagreements'])} disagreements")
         else:
