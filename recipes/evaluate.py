@@ -58,7 +58,7 @@ def _vllm_available() -> bool:
 
 def run(args: EvaluateArguments, sampling: EvalSampling):
     """Evaluate as `args` says; returns the EvaluationResult."""
-    from trl_math.grading import question_only_reward_fn, r1_zero_reward_fn
+    from trl_math.grading.registry import resolve_reward_fn
 
     reward = args.reward or args.prompt
     if reward not in PROMPT_NAMES:
@@ -70,7 +70,7 @@ def run(args: EvaluateArguments, sampling: EvalSampling):
         raise ValueError(f"backend: {args.backend!r} is not 'auto', 'vllm' or 'transformers'")
     backend = args.backend if args.backend != "auto" else ("vllm" if _vllm_available() else "transformers")
     problems = args.load_problems("eval")
-    reward_fn = r1_zero_reward_fn if reward == "r1_zero" else question_only_reward_fn
+    reward_fn = resolve_reward_fn(reward)
     common = {
         "reward_fn": reward_fn,
         "prompts": problems["prompt"],

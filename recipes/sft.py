@@ -14,6 +14,7 @@ from __future__ import annotations
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.grading.registry import resolve_reward_fn
 from trl_math.model_config import apply_model_config
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments, load_sft_examples
@@ -21,8 +22,6 @@ from trl_math.sft_trainer import MathSFTTrainer
 
 
 def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args: MathSFTConfig, model_args: ModelConfig):
-    from trl_math.grading import question_only_reward_fn, r1_zero_reward_fn
-
     if sft_args.sft_source is None:
         raise ValueError("sft_source: required (a JSONL file of {prompt, response, ground_truth} rows or a Hub id)")
     if data_args.train_source is not None:
@@ -47,7 +46,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         args=training_args,
         train_dataset=train,
         eval_dataset=validation,
-        reward_fn=r1_zero_reward_fn if data_args.prompt == "r1_zero" else question_only_reward_fn,
+        reward_fn=resolve_reward_fn(data_args.prompt),
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

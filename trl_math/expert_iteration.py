@@ -32,11 +32,11 @@ from datasets import Dataset
 
 from .evaluation import EvalSampling, evaluate_transformers, evaluate_vllm, generate_transformers, generate_vllm, grade
 from .evaluation import grading_pool as make_grading_pool
-from .evaluation import write_json_atomic
+from .evaluation import JsonlWriter, write_json_atomic
 from .generation_log import response_entropies
 from .grading import r1_zero_reward_fn
 from .model_card import launch_command, non_default_fields, render_model_card
-from .run_log import METRICS_FILE, read_metrics
+from .run_log import METRICS_FILE, write_metrics
 from .sft_config import MathSFTConfig
 from .sft_trainer import MathSFTTrainer
 
@@ -275,13 +275,18 @@ class ExpertIterationTrainer:
             groups = gather_object(groups)
         return [c for _, group in sorted(groups, key=lambda pair: pair[0]) for c in group]
 
+    @property
+    def grading_pool(self):
+        """The batch grader (worker processes started on first use, on the main process; closed by train())."""
+        if self._pool is None:
+            self._pool = make_grading_pool(self.reward_fn)
+        return self._pool
+
     def _grade(self, responses: list[str], truths: list[str]) -> list[dict]:
         """Rewards from the batch grader on the main process, shared with every process."""
         rewards = None
         if self.state.is_main_process:
-            if self._pool is None:
-                self._pool = make_grading_pool(self.reward_fn)
-            rewards = grade(self.reward_fn, responses, truths, self._pool)
+            rewards = grade(self.reward_fn, responses, truths, self.grading_pool)
         return broadcast_object_list([rewards], from_process=0)[0] if self.state.num_processes > 1 else rewards
 
     def _rollout_entropy(self, prompts, completions, seed: int) -> float | None:
@@ -321,14 +326,12 @@ class ExpertIterationTrainer:
         if self.vllm_generation is not None:
             self.vllm_generation.sync_weights()
         if self.state.is_main_process:
-            if self._pool is None:
-                self._pool = make_grading_pool(self.reward_fn)
             if self.vllm_generation is not None:
                 summary = evaluate_vllm(self.vllm_generation.llm, eval_sampling_params=args.eval_sampling().to_vllm(),
-                                        chunk_size=args.eval_chunk_size, pool=self._pool, **common).summary
+                                        chunk_size=args.eval_chunk_size, pool=self.grading_pool, **common).summary
             else:
                 summary = evaluate_transformers(self.model, self.processing_class, sampling=args.eval_sampling(),
-                                                batch_size=args.per_device_eval_batch_size, pool=self._pool, **common).summary
+                                                batch_size=args.per_device_eval_batch_size, pool=self.grading_pool, **common).summary
         if self.state.num_processes > 1:
             summary = broadcast_object_list([summary], from_process=0)[0]
         return {"eval_answer_accuracy": summary["answer_accuracy"], "eval_format_accuracy": summary["format_accuracy"],
@@ -372,18 +375,13 @@ class ExpertIterationTrainer:
 
     def _rewrite_metrics(self) -> None:
         """The plot-ready log (`trl-math plot` reads it): one line per completed EI step, from self.log."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / METRICS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.log), encoding="utf-8")
-        os.replace(tmp, path)
+        write_metrics(self.output_dir / METRICS_FILE, self.log)
 
     @staticmethod
     def _write_jsonl(path: Path, rows: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
+        with JsonlWriter(path) as writer:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                writer.write(row)
 
     def end(self) -> None:
         """Tear down the process group of an `accelerate launch` run (every process, once all are done)."""
@@ -410,8 +408,3 @@ class ExpertIterationTrainer:
                                private=self.args.hub_private_repo, exist_ok=True).repo_id
         return api.upload_folder(repo_id=repo, folder_path=str(final), commit_message="End of expert iteration",
                                  token=self.args.hub_token)
-
-
-def read_ei_log(output_dir: str | Path) -> list[dict]:
-    """The per-EI-step records of a run (its metrics.jsonl)."""
-    return read_metrics(Path(output_dir) / METRICS_FILE)

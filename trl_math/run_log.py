@@ -53,9 +53,7 @@ class MetricsLogCallback(TrainerCallback):
         records = read_metrics(self.path)
         kept = [r for r in records if r.get("step", 0) <= step]
         if len(kept) != len(records):
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_metrics(self.path, kept)
         if kept:
             self.offset_s = float(kept[-1].get("wall_time_s", 0.0))
 
@@ -75,6 +73,15 @@ class MetricsLogCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def write_metrics(path: str | Path, records: list[dict]) -> None:
+    """Replace a metrics.jsonl with `records`, atomically (readers see the old file or the new one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
