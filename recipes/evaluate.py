@@ -2,9 +2,11 @@
 
     python recipes/evaluate.py --config recipes/configs/evaluate/math_baseline.yaml [--eval_limit 100 ...]
 
-Writes <output_dir>/generations.jsonl (one line per example, as it goes) and <output_dir>/summary.json,
+Writes <output_dir>/generations.jsonl (one line per problem, as it goes) and <output_dir>/summary.json,
 then prints the (format, answer) category table and, with --show_examples N, N examples of each.
-Arguments: EvaluateArguments (data, model, backend, output) and EvalSampling (sampling); YAML via
+Relaunched into an output_dir with a partial generations.jsonl, it grades only the missing problems
+(`--resume false` starts over; another model, prompt, sampling or data is refused).
+Arguments: EvaluateArguments (data, model, backend, output) and SamplingConfig (sampling); YAML via
 --config, command-line flags override it.
 """
 
@@ -16,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from trl import TrlParser
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
-from trl_math.evaluation import CATEGORIES, EvalSampling, evaluate_transformers, evaluate_vllm
+from trl_math.grading.reward_pool import CATEGORIES
+from trl_math.sampling import BACKENDS, SamplingConfig
 
 CATEGORY_LABELS = {
     "format1_answer1": "format 1, answer 1 (correct)",
@@ -30,7 +33,9 @@ CATEGORY_LABELS = {
 class EvaluateArguments(MathDataArguments):
     """Problems (eval_source etc., see MathDataArguments), model, generation backend, outputs."""
 
-    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate the first N valid problems. None: all."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Evaluate a seeded random sample of N problems (see limit_strategy). None: all."}
+    )
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model: a local directory or a Hub id."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype: 'auto', 'bfloat16', 'float16' or 'float32'."})
     reward: str | None = field(
@@ -38,7 +43,7 @@ class EvaluateArguments(MathDataArguments):
     )
     backend: str = field(
         default="auto",
-        metadata={"help": "Generation: 'vllm', 'transformers', or 'auto' (vLLM when it is installed)."},
+        metadata={"help": f"Generation: one of {BACKENDS} ('auto': vLLM when it is installed)."},
     )
     batch_size: int = field(
         default=16,
@@ -46,19 +51,25 @@ class EvaluateArguments(MathDataArguments):
     )
     vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "GPU memory fraction vLLM may take."})
     vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context length. None: the model's."})
+    vllm_enforce_eager: bool = field(
+        default=False, metadata={"help": "vLLM without CUDA graphs or compilation: starts faster, generates slower."}
+    )
     output_dir: str = field(default="outputs/math_baseline", metadata={"help": "Where the two result files go."})
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Continue a partial generations.jsonl in output_dir (only the missing problems are sampled). "
+                  "False: start over."},
+    )
     show_examples: int = field(default=0, metadata={"help": "Print this many examples of each category."})
 
 
-def _vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-def run(args: EvaluateArguments, sampling: EvalSampling):
+def run(args: EvaluateArguments, sampling: SamplingConfig):
     """Evaluate as `args` says; returns the EvaluationResult."""
+    from trl_math.evaluation import evaluate
     from trl_math.grading.registry import resolve_reward_fn
+    from trl_math.data import problem_ids
+    from trl_math.sampling import load_sampler, resolve_backend
+    from trl_math.validation import write_validation_problems
 
     reward = args.reward or args.prompt
     if reward not in PROMPT_NAMES:
@@ -66,45 +77,24 @@ def run(args: EvaluateArguments, sampling: EvalSampling):
     for name in ("eval_source", "model_name_or_path"):
         if getattr(args, name) is None:
             raise ValueError(f"{name}: required")
-    if args.backend not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"backend: {args.backend!r} is not 'auto', 'vllm' or 'transformers'")
-    backend = args.backend if args.backend != "auto" else ("vllm" if _vllm_available() else "transformers")
+    backend = resolve_backend(args.backend)
     problems = args.load_problems("eval")
-    reward_fn = resolve_reward_fn(reward)
-    common = {
-        "reward_fn": reward_fn,
-        "prompts": problems["prompt"],
-        "ground_truths": problems["ground_truth"],
-        "output_dir": args.output_dir,
-        "extra_summary": {
-            "model": args.model_name_or_path,
-            "source": args.eval_source,
-            "prompt": args.prompt,
-            "reward": reward,
-            "backend": backend,
-            "sampling": asdict(sampling),
-        },
+    write_validation_problems(problems, args.output_dir)
+    run_description = {
+        "model": args.model_name_or_path,
+        "source": args.eval_source,
+        "prompt": args.prompt,
+        "reward": reward,
+        "backend": backend,
+        "sampling": asdict(sampling),
     }
-    if backend == "vllm":
-        from vllm import LLM
-
-        llm = LLM(
-            model=args.model_name_or_path,
-            dtype=args.dtype,
-            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-            max_model_len=args.vllm_max_model_length,
-            seed=sampling.seed or 0,
-            enable_prefix_caching=True,
-        )
-        return evaluate_vllm(llm, eval_sampling_params=sampling.to_vllm(), chunk_size=32 * args.batch_size, **common)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    return evaluate_transformers(model, tokenizer, sampling=sampling, batch_size=args.batch_size, **common)
+    sampler = load_sampler(args.model_name_or_path, sampling, backend, args.dtype, args.batch_size,
+                           gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                           max_model_len=args.vllm_max_model_length, enforce_eager=args.vllm_enforce_eager,
+                           enable_prefix_caching=True)
+    return evaluate(sampler, resolve_reward_fn(reward), problems["prompt"], problems["ground_truth"], args.output_dir,
+                    problem_ids=problem_ids(problems), chunk_size=32 * args.batch_size, extra_summary=run_description,
+                    resume=args.resume, fingerprint=run_description)
 
 
 def report(result, show_examples: int = 0) -> str:
@@ -136,9 +126,9 @@ def report(result, show_examples: int = 0) -> str:
     return "\n".join(lines)
 
 
-def main(args: EvaluateArguments, sampling: EvalSampling):
+def main(args: EvaluateArguments, sampling: SamplingConfig):
     print(report(run(args, sampling), args.show_examples))
 
 
 if __name__ == "__main__":
-    main(*TrlParser((EvaluateArguments, EvalSampling)).parse_args_and_config())
+    main(*TrlParser((EvaluateArguments, SamplingConfig)).parse_args_and_config())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
-from trl_math.grading.registry import resolve_callable
+from trl_math.grading.registry import resolve_callable, resolve_reward_fn
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.model_config import apply_model_config
@@ -32,37 +32,46 @@ class GRPOScriptArguments(MathDataArguments):
 
     reward: str | None = field(
         default=None,
-        metadata={"help": "Reward: 'r1_zero' or 'question_only' (train and validation). None: the prompt's name."},
+        metadata={
+            "help": "Reward: 'r1_zero' or 'question_only'. Validation always grades with this course reward; training "
+            "too unless reward_funcs is set. None: the prompt's name."
+        },
     )
     reward_mode: str = field(
         default="course",
-        metadata={"help": "Grader: 'course' (the course's r1_zero_reward_fn) or 'accurate' (trl-math's)."},
+        metadata={"help": "Training grader: 'course' (the course's r1_zero_reward_fn) or 'accurate' (trl-math's). "
+                  "Validation always uses the course's."},
     )
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Reward functions as dotted import paths (package.module.function), used instead of `reward` in "
-            "training and validation, e.g. a shaped reward to experiment with (the leaderboard's validation must "
-            "keep the default)."
+            "help": "Training reward functions as dotted import paths (package.module.function), used instead of "
+            "`reward`, e.g. a shaped reward to experiment with. Validation still grades with the course's reward."
         },
     )
     final_full_eval: bool = field(
         default=False,
-        metadata={"help": "After training, validate on every row of eval_source (the leaderboard's 5,000)."},
+        metadata={"help": "After training, validate on every row of eval_source (the leaderboard's 5,000): logged as "
+                  "final_eval_*, files in <output_dir>/final_eval/."},
     )
 
 
-def reward_functions(args: GRPOScriptArguments) -> list:
-    """The reward functions: custom dotted paths, or the prompt's [answer reward (trained on), format reward
-    (logged; default_weight 0)]."""
-    if args.reward_funcs:
-        return [resolve_callable(path) for path in args.reward_funcs]
+def course_reward(args: GRPOScriptArguments) -> str:
+    """The course reward of the run ('r1_zero' or 'question_only'): validation grades with it."""
     reward = args.reward or args.prompt
     if reward not in PROMPT_NAMES:
         raise ValueError(f"reward: {reward!r} is not one of {PROMPT_NAMES} (set --reward with a custom prompt file)")
+    return reward
+
+
+def reward_functions(args: GRPOScriptArguments) -> list:
+    """The training reward functions: custom dotted paths, or the course reward's [answer reward (trained on),
+    format reward (logged; default_weight 0)]."""
+    if args.reward_funcs:
+        return [resolve_callable(path) for path in args.reward_funcs]
     from trl_math.grading import make_trl_reward_funcs
 
-    return make_trl_reward_funcs(prompt=reward, mode=args.reward_mode)
+    return make_trl_reward_funcs(prompt=course_reward(args), mode=args.reward_mode)
 
 
 def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
@@ -82,6 +91,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
+        validation_reward_fn=resolve_reward_fn(course_reward(script_args)),
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

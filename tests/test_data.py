@@ -44,19 +44,52 @@ def test_load_course_jsonl(tmp_path):
         ],
     )
     dataset = load_math_problems(path)
-    assert dataset.column_names == ["prompt", "ground_truth", "problem"]
-    assert dataset["ground_truth"] == ["2", r"\frac{1}{2}", "18"]
+    assert dataset.column_names == ["prompt", "ground_truth", "problem", "source_index"]  # "level": not on every row
+    assert dataset["ground_truth"] == ["2", r"\frac{1}{2}", "18"] and dataset["source_index"] == [0, 1, 2]
     assert dataset["prompt"][1] == format_prompt(load_prompt_template("r1_zero"), r"Simplify $\frac{2}{4}$.")
-    only = load_math_problems(path, prompt="question_only", limit=2)
+    only = load_math_problems(path, prompt="question_only", limit=2, limit_strategy="head")
     assert only["prompt"] == ["What is 1+1?", r"Simplify $\frac{2}{4}$."]
+
+
+def test_a_limit_keeps_a_seeded_random_sample_in_source_order(tmp_path):
+    rows = [{"problem": f"q{i}", "answer": str(i), "unique_id": f"id{i}", "subject": "AB"[i % 2]} for i in range(40)]
+    path = write_jsonl(tmp_path / "v.jsonl", rows)
+    sample = load_math_problems(path, limit=10, limit_seed=3)
+    assert sample.column_names == ["prompt", "ground_truth", "problem", "unique_id", "subject", "source_index"]
+    chosen = sample["source_index"]
+    assert len(set(chosen)) == 10 and chosen == sorted(chosen) and chosen != list(range(10))
+    assert sample["unique_id"] == [f"id{i}" for i in chosen] and sample["ground_truth"] == [str(i) for i in chosen]
+    assert load_math_problems(path, limit=10, limit_seed=3)["source_index"] == chosen  # same seed, same problems
+    assert load_math_problems(path, limit=10, limit_seed=4)["source_index"] != chosen
+    assert load_math_problems(path, limit=10, limit_strategy="head")["source_index"] == list(range(10))
+    with pytest.raises(ValueError, match="limit_strategy"):
+        load_math_problems(path, limit=10, limit_strategy="first")
+
+
+def test_the_default_validation_sample_of_the_course_file_represents_every_subject(shared_data_dir, capsys):
+    """The course's validation.jsonl is sorted by subject: 1024 rows must be a sample, not its head."""
+    from collections import Counter
+
+    source = shared_data_dir / "math" / "validation.jsonl"
+    everything = [json.loads(line)["subject"] for line in source.read_text().splitlines()]
+    args = MathDataArguments(eval_source=str(source))  # the configs' defaults: eval_limit 1024, random, seed 0
+    sample = args.load_problems("eval")
+    assert len(sample) == 1024
+    shares, full = Counter(sample["subject"]), Counter(everything)
+    assert shares.keys() == full.keys() and len(full) == 7
+    for subject, count in full.items():
+        assert abs(100 * shares[subject] / 1024 - 100 * count / len(everything)) < 3, subject
+    assert "subject: Algebra" in capsys.readouterr().err  # the mix is printed
+    head = MathDataArguments(eval_source=str(source), limit_strategy="head").load_problems("eval")
+    assert set(head["subject"]) == {"Prealgebra", "Precalculus"}  # what the head of the file would have been
 
 
 def test_answer_from_last_boxed_of_solution_and_custom_fields(tmp_path):
     path = write_jsonl(
         tmp_path / "math.jsonl",
-        [{"question": "Q1", "solution": r"We get \boxed{3} then \boxed{\sqrt{2}}."}, {"question": "Q2", "sol": "x"}],
+        [{"question": "Q1", "solution": r"We get \boxed{3} then \boxed{\sqrt{2}}."}],
     )
-    dataset = load_math_problems(path, problem_field="question", answer_field=None, solution_field="solution", limit=1)
+    dataset = load_math_problems(path, problem_field="question", answer_field=None, solution_field="solution")
     assert dataset["ground_truth"] == [r"\sqrt{2}"]
     assert dataset["problem"] == ["Q1"]
 

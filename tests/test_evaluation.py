@@ -1,5 +1,6 @@
-"""The math_baseline evaluation: evaluate_vllm against a fake engine, its transformers twin, log_generations,
-and recipes/evaluate.py on real GSM8K problems (including a run killed half-way)."""
+"""The math_baseline evaluation loop on a real sampler: records and summary equal a re-grade, a partial run
+resumes to the uninterrupted result, another run's files are refused; log_generations; recipes/evaluate.py
+on real GSM8K problems, killed half-way and relaunched."""
 
 from __future__ import annotations
 
@@ -13,34 +14,17 @@ import time
 
 import pytest
 import torch
-from fake_vllm import FakeLLM, FakeSamplingParams
 
-from trl_math.evaluation import (
-    EvalSampling,
-    evaluate_transformers,
-    evaluate_vllm,
-    generate_transformers,
-    grading_pool,
-)
+from scripted_rewards import even_length_reward
+from trl_math.evaluation import EvaluationMismatch, evaluate, summarize
 from trl_math.generation_log import log_generations
 from trl_math.grading import r1_zero_reward_fn
+from trl_math.grading.reward_pool import category
+from trl_math.sampling import SamplingConfig, TransformersSampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Scripted responses (after "Assistant: <think>"), with what they must earn.
-SCRIPT = {
-    "Q0": (" 2+2=4 </think> <answer> 4 </answer> trailing text", "4", "format1_answer1"),
-    "Q1": (" 3*3=9 </think> <answer> 9 </answer>", "9", "format1_answer1"),
-    "Q2": (" half of 10 </think> <answer> \\frac{10}{2} </answer>", "5", "format1_answer0"),
-    "Q3": (" guess </think> <answer> 7 </answer>", "8", "format1_answer0"),
-    "Q4": (" no tags, the answer is 12", "12", "format0_answer0"),
-    "Q5": (" thinking for a very long time " * 10 + "</think> <answer> 1 </answer>", "1", "format0_answer0"),
-    "Q6": (" 5 </think><answer> 5 </answer>", "5", "format0_answer0"),
-}
-
-
-def scripted(prompt: str) -> str:
-    return SCRIPT[prompt][0]
+PROMPTS = ["User: What is 2+3?\nAssistant: <think>", "User: 1+1?\nAssistant: <think>", "hi", "x", "User: 7?", "yo"]
+TRUTHS = ["5", "2", "1", "4", "7", "0"]
 
 
 def read_jsonl(path):
@@ -48,125 +32,86 @@ def read_jsonl(path):
         return [json.loads(line) for line in handle]
 
 
-def test_evaluate_vllm_with_fake_engine_writes_records_and_summary(tmp_path):
-    prompts = list(SCRIPT)
-    truths = [SCRIPT[p][1] for p in prompts]
-    engine = FakeLLM(responder=scripted)
-    params = FakeSamplingParams(temperature=1.0, top_p=1.0, max_tokens=120, min_tokens=4, stop=["</answer>"],
-                                include_stop_str_in_output=True)
-    result = evaluate_vllm(engine, r1_zero_reward_fn, prompts, truths, params, tmp_path, chunk_size=3)
+def _sampler(model, tokenizer, seed=0):
+    return TransformersSampler(model, tokenizer, SamplingConfig(max_tokens=8, min_tokens=1, seed=seed), batch_size=1)
 
-    assert [len(call) for call in engine.generate_calls] == [3, 3, 1]  # streamed in chunks
+
+def test_evaluate_records_and_summary_are_a_regrade_of_the_samples(tiny_model, tiny_tokenizer, tmp_path):
+    sampler = _sampler(tiny_model, tiny_tokenizer)
+    result = evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path, problem_ids=list("abcdef"), chunk_size=4)
     records = read_jsonl(tmp_path / "generations.jsonl")
-    assert records == result.records
-    for record, prompt in zip(records, prompts):
-        script, truth, expected_category = SCRIPT[prompt]
-        assert record["prompt"] == prompt and record["ground_truth"] == truth
-        assert record["category"] == expected_category, prompt
-        if prompt == "Q5":  # 300 characters: cut by max_tokens (one fake token per character)
-            assert (record["response"], record["finish_reason"], record["response_tokens"]) == (script[:120], "length", 120)
-        else:  # cut right after the first </answer>, which is kept
-            expected = script[: script.index("</answer>") + len("</answer>")] if "</answer>" in script else script
-            assert (record["response"], record["finish_reason"]) == (expected, "stop")
-            assert record["response_tokens"] == len(expected)
-        assert record["reward"] == record["answer_reward"] == float(expected_category == "format1_answer1")
-        assert record["format_reward"] == float(expected_category.startswith("format1"))
-
+    assert records == result.records and [r["index"] for r in records] == list(range(6))
+    samples = [group[0] for group in sampler.sample(PROMPTS)]  # the same seeds: the same samples
+    for record, completion, prompt, truth, problem_id in zip(records, samples, PROMPTS, TRUTHS, "abcdef"):
+        reward = even_length_reward(completion.text, truth)
+        assert record == {
+            "index": record["index"], "problem_id": problem_id, "prompt": prompt, "response": completion.text,
+            "ground_truth": truth, **reward, "response_tokens": completion.num_tokens,
+            "finish_reason": completion.finish_reason, "category": category(reward["format_reward"], reward["answer_reward"]),
+            "unscored": None,
+        }
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
-    assert summary["n"] == 7
-    assert summary["categories"] == {"format1_answer1": 2, "format1_answer0": 2, "format0_answer0": 3, "format0_answer1": 0}
-    assert summary["format_accuracy"] == pytest.approx(4 / 7)
-    assert summary["answer_accuracy"] == pytest.approx(2 / 7)
-    assert summary["finish_reasons"] == {"stop": 6, "length": 1}
-    assert summary["mean_response_tokens"] == pytest.approx(sum(r["response_tokens"] for r in records) / 7)
-    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left no temporary file
+    assert 0 < summary["answer_accuracy"] < 1  # the scripted reward splits the samples
+    assert summary["answer_accuracy"] == pytest.approx(sum(r["answer_reward"] for r in records) / 6)
+    assert summary["categories"]["format1_answer1"] == sum(r["answer_reward"] == 1 for r in records)
+    assert summary["mean_response_tokens"] == pytest.approx(sum(r["response_tokens"] for r in records) / 6)
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic writes left no temporary file
 
 
-def test_eval_sampling_builds_vllm_params(monkeypatch):
-    from fake_vllm import fake_vllm_module
-
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
-    params = EvalSampling(max_tokens=64, seed=3).to_vllm()
-    assert params == FakeSamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=64, min_tokens=4,
-                                        stop=["</answer>"], include_stop_str_in_output=True, seed=3)
-
-
-def _stop_inside_greedy_text(model, tokenizer, prompt):
-    """Two characters from the middle of the greedy continuation of `prompt` (a stop string that will match)."""
-    engine = FakeLLM(hf_model=model, tokenizer=tokenizer)
-    text = engine.generate([prompt], FakeSamplingParams(temperature=0, max_tokens=24))[0].outputs[0].text
-    return text[len(text) // 2 : len(text) // 2 + 2]
-
-
-def test_generate_transformers_agrees_with_vllm_semantics(tiny_model, tiny_tokenizer):
-    """Greedy generate() in a left-padded batch gives vLLM's text, token count and finish reason."""
-    prompts = ["User: What is 37+48?\nAssistant: <think>", "Natalia sold clips", "x"]
-    stop = _stop_inside_greedy_text(tiny_model, tiny_tokenizer, prompts[0])
-    cases = (
-        EvalSampling(temperature=0, max_tokens=20, min_tokens=4, stop=[stop]),
-        EvalSampling(temperature=0, max_tokens=20, min_tokens=4, stop=[stop], include_stop_str_in_output=False),
-        EvalSampling(temperature=0, max_tokens=12, min_tokens=0, stop=[]),
-    )
-    results = []
-    for sampling in cases:
-        ours = generate_transformers(tiny_model, tiny_tokenizer, prompts, sampling, batch_size=3)
-        engine = FakeLLM(hf_model=tiny_model, tokenizer=tiny_tokenizer)
-        reference = engine.generate(prompts, FakeSamplingParams(**vars(sampling)))
-        expected = [(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in reference]
-        assert [(c.text, c.num_tokens, c.finish_reason) for c in ours] == expected
-        results.append(expected)
-    assert results[0][0][2] == "stop" and results[0][0][0].endswith(stop) and results[0][0][1] < 20
-    assert results[1][0] == (results[0][0][0][: -len(stop)], results[0][0][1], "stop")
-    assert all(reason == "length" and tokens == 12 for _, tokens, reason in results[2])
+def test_a_partial_evaluation_resumes_with_only_the_missing_problems(tiny_model, tiny_tokenizer, tmp_path):
+    sampler = _sampler(tiny_model, tiny_tokenizer)
+    run = {"model": "tiny", "sampling": {"seed": 0}}
+    whole = evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path / "whole", fingerprint=run)
+    partial = tmp_path / "partial"
+    evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, partial, fingerprint=run)
+    lines = (partial / "generations.jsonl").read_text().splitlines(keepends=True)
+    kept = json.loads(lines[1])
+    kept["response"] = "KEPT"  # marks a line the resumed run must not sample again
+    (partial / "generations.jsonl").write_text(lines[0] + json.dumps(kept) + "\n" + lines[2][:15])  # a torn 3rd line
+    (partial / "summary.json").unlink()
+    resumed = evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, partial, fingerprint=run, resume=True)
+    records = read_jsonl(partial / "generations.jsonl")
+    assert [r["index"] for r in records] == list(range(6))  # each problem once, in order
+    assert records[1]["response"] == "KEPT" and records[0] == whole.records[0]
+    assert records[2:] == whole.records[2:]  # sampled again with the same per-request seeds
+    restored = [r if r["index"] != 1 else whole.records[1] for r in records]
+    assert summarize(restored) == {k: v for k, v in whole.summary.items()}
+    assert resumed.summary == summarize(records)
 
 
-def test_generate_transformers_seeded_sampling_is_reproducible(tiny_model, tiny_tokenizer):
-    prompts = ["User: What is 2+3?\nAssistant: <think>", "hello"]
-    sampling = EvalSampling(max_tokens=12, seed=7)
-    state = torch.get_rng_state()
-    first = generate_transformers(tiny_model, tiny_tokenizer, prompts, sampling, batch_size=2)
-    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is untouched
-    assert generate_transformers(tiny_model, tiny_tokenizer, prompts, sampling, batch_size=2) == first
-    assert generate_transformers(tiny_model, tiny_tokenizer, prompts, EvalSampling(max_tokens=12, seed=8), 2) != first
+def test_resuming_another_runs_evaluation_is_refused_naming_what_changed(tiny_model, tiny_tokenizer, tmp_path):
+    sampler = _sampler(tiny_model, tiny_tokenizer)
+    evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path, fingerprint={"model": "a", "sampling": {"seed": 0}})
+    with pytest.raises(EvaluationMismatch, match=r"sampling: \{'seed': 0\} -> \{'seed': 1\}"):
+        evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path, resume=True,
+                 fingerprint={"model": "a", "sampling": {"seed": 1}})
+    with pytest.raises(EvaluationMismatch, match="problems"):
+        evaluate(sampler, even_length_reward, PROMPTS, ["9"] * 6, tmp_path, resume=True,
+                 fingerprint={"model": "a", "sampling": {"seed": 0}})
+    (tmp_path / "evaluation.json").unlink()
+    with pytest.raises(EvaluationMismatch, match="evaluation.json does not"):
+        evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path, resume=True)
+    evaluate(sampler, even_length_reward, PROMPTS, TRUTHS, tmp_path)  # resume off: starts over
 
 
-def test_evaluate_transformers_writes_the_same_files(tiny_model, tiny_tokenizer, tmp_path):
-    prompts = ["User: What is 2+3?\nAssistant: <think>", "User: 1+1?\nAssistant: <think>", "hi"]
-    sampling = EvalSampling(max_tokens=8, seed=0)
-    with grading_pool(r1_zero_reward_fn) as pool:
-        result = evaluate_transformers(tiny_model, tiny_tokenizer, r1_zero_reward_fn, prompts, ["5", "2", "1"],
-                                       sampling, tmp_path, batch_size=2, pool=pool)
-    records = read_jsonl(tmp_path / "generations.jsonl")
-    assert records == result.records and len(records) == 3
-    expected = generate_transformers(tiny_model, tiny_tokenizer, prompts, sampling, batch_size=2)
-    assert [r["response"] for r in records] == [c.text for c in expected]
-    for record in records:
-        assert {k: record[k] for k in ("format_reward", "answer_reward", "reward")} == r1_zero_reward_fn(
-            record["response"], record["ground_truth"]
-        )
-    assert json.loads((tmp_path / "summary.json").read_text())["n"] == 3
-
-
-def test_log_generations_rows_and_aggregates(tiny_model, tiny_tokenizer, monkeypatch):
-    from fake_vllm import fake_vllm_module
-
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())  # EvalSampling.to_vllm() imports vllm
-    prompts = ["Q0", "Q3", "Q4", "Q5"]
-    truths = [SCRIPT[p][1] for p in prompts]
-    engine = FakeLLM(responder=scripted)
-    log = log_generations(tiny_model, tiny_tokenizer, prompts, truths, r1_zero_reward_fn,
-                          EvalSampling(max_tokens=100, min_tokens=0), vllm_model=engine, batch_size=3)
-    lengths = [len(row["response"]) for row in log.rows]  # the fake's tokens are characters
+def test_log_generations_rows_and_aggregates(tiny_model, tiny_tokenizer):
+    sampler = _sampler(tiny_model, tiny_tokenizer)
+    log = log_generations(tiny_model, tiny_tokenizer, PROMPTS, TRUTHS, even_length_reward, sampler, batch_size=3)
+    samples = [group[0] for group in sampler.sample(PROMPTS)]
+    assert [row["response"] for row in log.rows] == [c.text for c in samples]
+    lengths = [c.num_tokens for c in samples]
+    correct = [len(c.text) % 2 == 0 for c in samples]
     assert [row["response_tokens"] for row in log.rows] == lengths
-    assert [row["reward"] for row in log.rows] == [1.0, 0.0, 0.0, 0.0]
-    assert [row["format_reward"] for row in log.rows] == [1.0, 1.0, 0.0, 0.0]
-    assert log.aggregates["mean_response_length"] == pytest.approx(sum(lengths) / 4)
-    assert log.aggregates["mean_response_length_correct"] == pytest.approx(lengths[0])
-    assert log.aggregates["mean_response_length_incorrect"] == pytest.approx(sum(lengths[1:]) / 3)
+    assert [row["reward"] for row in log.rows] == [float(ok) for ok in correct] and 0 < sum(correct) < 6
+    assert log.aggregates["mean_response_length"] == pytest.approx(sum(lengths) / 6)
+    assert log.aggregates["mean_response_length_correct"] == pytest.approx(
+        sum(n for n, ok in zip(lengths, correct) if ok) / sum(correct))
+    assert log.aggregates["mean_response_length_incorrect"] == pytest.approx(
+        sum(n for n, ok in zip(lengths, correct) if not ok) / (6 - sum(correct)))
 
     # Mean entropy of each response's next-token distributions, from the full softmax of the logits.
-    for prompt, row in zip(prompts, log.rows):
+    for prompt, row in zip(PROMPTS, log.rows):
         prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
         response_ids = tiny_tokenizer(row["response"], add_special_tokens=False)["input_ids"]
         with torch.no_grad():
@@ -174,7 +119,7 @@ def test_log_generations_rows_and_aggregates(tiny_model, tiny_tokenizer, monkeyp
         probs = torch.softmax(logits, dim=-1)
         entropy = -(probs * torch.log(probs)).sum(-1)[len(prompt_ids) - 1 : -1].mean().item()
         assert row["mean_token_entropy"] == pytest.approx(entropy, rel=1e-4)
-    assert log.aggregates["mean_token_entropy"] == pytest.approx(sum(r["mean_token_entropy"] for r in log.rows) / 4)
+    assert log.aggregates["mean_token_entropy"] == pytest.approx(sum(r["mean_token_entropy"] for r in log.rows) / 6)
 
 
 def _evaluate_command(checkpoint, source, output_dir, limit, *extra):
@@ -191,7 +136,11 @@ def test_evaluate_recipe_on_gsm8k(tiny_checkpoint, shared_data_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     records = read_jsonl(out / "generations.jsonl")
     with open(shared_data_dir / "gsm8k" / "test.jsonl", encoding="utf-8") as handle:
-        problems = [json.loads(line) for _, line in zip(range(20), handle)]
+        rows = [json.loads(line) for line in handle]
+    chosen = json.loads((out / "validation_problems.json").read_text())["problem_ids"]
+    assert len(chosen) == 20 and chosen == sorted(chosen) and chosen[-1] > 20  # a random sample, not the head
+    assert [r["problem_id"] for r in records] == chosen
+    problems = [rows[i] for i in chosen]
     assert [r["ground_truth"] for r in records] == [p["answer"] for p in problems]
     assert all(p["problem"] in r["prompt"] and r["prompt"].endswith("Assistant: <think>") for r, p in zip(records, problems))
     for record in records:
@@ -211,10 +160,16 @@ def test_evaluate_recipe_on_gsm8k(tiny_checkpoint, shared_data_dir, tmp_path):
     assert run.stdout.count("--- format 0, answer 0") == min(2, counts["format0_answer0"])
 
 
-def test_evaluate_recipe_killed_half_way_leaves_whole_lines(tiny_checkpoint, shared_data_dir, tmp_path):
-    out = tmp_path / "eval"
-    command = _evaluate_command(tiny_checkpoint, shared_data_dir / "gsm8k" / "test.jsonl", out, 200,
-                                "--max_tokens", "48", "--batch_size", "1")
+def test_evaluate_recipe_killed_half_way_resumes_to_the_uninterrupted_result(tiny_checkpoint, shared_data_dir, tmp_path):
+    source = shared_data_dir / "gsm8k" / "test.jsonl"
+    options = ("--max_tokens", "32", "--batch_size", "1")  # one request per batch: seeded per request
+    whole = tmp_path / "whole"
+    run = subprocess.run(_evaluate_command(tiny_checkpoint, source, whole, 48, *options), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    command = _evaluate_command(tiny_checkpoint, source, out, 48, *options)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     records_path = out / "generations.jsonl"
     try:
@@ -224,13 +179,21 @@ def test_evaluate_recipe_killed_half_way_leaves_whole_lines(tiny_checkpoint, sha
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGKILL)  # the run and its grading workers
+        os.killpg(process.pid, signal.SIGKILL)  # the run and its grading workers, after the first chunk (32)
     finally:
         process.wait(timeout=60)
     lines = records_path.read_text(encoding="utf-8").split("\n")
     assert lines[-1] == ""  # the file ends with a complete line
-    records = [json.loads(line) for line in lines[:-1]]
-    assert 0 < len(records) < 200
-    assert [r["index"] for r in records] == list(range(len(records)))
-    assert not (out / "summary.json").exists()
+    assert 0 < len(lines) - 1 < 48 and not (out / "summary.json").exists()
+
+    relaunch = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert f"resuming {out}: {len(lines) - 1} of 48 problems already graded" in relaunch.stderr
+    records = read_jsonl(records_path)
+    assert [r["index"] for r in records] == list(range(48))  # each problem exactly once
+    assert records == read_jsonl(whole / "generations.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((whole / "summary.json").read_text())
+
+    changed = subprocess.run(command + ["--temperature", "0.5"], capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "holds a partial evaluation of another run (sampling:" in changed.stderr

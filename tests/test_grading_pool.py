@@ -53,7 +53,8 @@ def test_pool_kills_hung_items_and_counts_them():
         res = p.grade(responses, truths)
         elapsed = time.perf_counter() - t
         assert [r["answer_reward"] for r in res] == [1.0, 0.0, 1.0, 0.0, 1.0] + [1.0] * 20
-        assert res[1] == {"format_reward": 1.0, "answer_reward": 0.0, "reward": 0.0}
+        assert res[1] == {"format_reward": 1.0, "answer_reward": 0.0, "reward": 0.0, "unscored": "timeout"}
+        assert "unscored" not in res[0]
         assert p.stats["timeouts"] == 2 and p.stats["restarts"] == 2
         # two hung items, each cut at 0.5 s, plus worker restarts: far from "forever"
         assert elapsed < 8.0
@@ -64,7 +65,7 @@ def test_pool_kills_hung_items_and_counts_them():
 def test_pool_counts_grader_errors_as_wrong():
     with GradingPool(processes=1, timeout=1.0, grade_fn=crashing_grader) as p:
         res = p.grade([R("CRASH"), R("5")], ["5", "5"])
-        assert [r["answer_reward"] for r in res] == [0.0, 1.0]
+        assert [r["answer_reward"] for r in res] == [0.0, 1.0] and res[0]["unscored"] == "error"
         assert p.stats["errors"] == 1 and p.stats["timeouts"] == 0
 
 

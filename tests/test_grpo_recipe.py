@@ -24,6 +24,10 @@ REWARD_MODULE = '''
 def length_reward(completions, **kwargs):
     """Distinct rewards, so that groups have spread and advantages are not all zero."""
     return [(len(text) % 7) / 6.0 for text in completions]
+
+
+def constant_reward(completions, **kwargs):
+    return [1.0] * len(completions)
 '''
 
 
@@ -84,7 +88,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(tmp_path, checkpoint, processes: int, *overrides: str, timeout: int = 240):
+def launch(tmp_path, checkpoint, processes: int, *overrides: str, timeout: int = 240, validation_problems: int = 12):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     env.pop("WORLD_SIZE", None)
@@ -96,7 +100,7 @@ def launch(tmp_path, checkpoint, processes: int, *overrides: str, timeout: int =
         str(REPO / "recipes" / "grpo.py"), "--config", str(CONFIGS / "tiny_cpu.yaml"),
         "--model_name_or_path", str(checkpoint),
         "--train_source", str(write_problems(tmp_path / "train.jsonl", 16)),
-        "--eval_source", str(write_problems(tmp_path / "validation.jsonl", 12)),
+        "--eval_source", str(write_problems(tmp_path / "validation.jsonl", validation_problems)),
         "--output_dir", str(tmp_path / "run"), *overrides,
     ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -112,12 +116,25 @@ def read_rollouts(run_dir: Path) -> list[dict]:
     return rows
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def course_accuracy(records: list[dict]) -> float:
+    """The course grader's answer accuracy on written validation records, recomputed here."""
+    from trl_math.grading import r1_zero_reward_fn
+
+    return sum(r1_zero_reward_fn(r["response"], r["ground_truth"])["answer_reward"] for r in records) / len(records)
+
+
 @pytest.mark.slow
-def test_two_process_launch_splits_groups_and_matches_single_process_advantages(tiny_checkpoint, tmp_path):
-    # One group of 8 per rollout batch: each of the two processes holds half of every group.
-    result = launch(tmp_path, tiny_checkpoint, 2, "--group_size", "8", "--reward_funcs", "rewards_for_test.length_reward")
-    rows = read_rollouts(tmp_path / "run")
-    train = [r for r in rows if r["mode"] == "train"]
+def test_two_process_launch_splits_groups_and_validates_each_problem_once(tiny_checkpoint, tmp_path):
+    # One group of 8 per rollout batch: each of the two processes holds half of every group. The final full
+    # validation: 10 problems, 4 per process and call, so the last round has 2 problems for 2 x 4 slots.
+    launch(tmp_path, tiny_checkpoint, 2, "--group_size", "8", "--reward_funcs", "rewards_for_test.length_reward",
+           "--final_full_eval", "true", "--per_device_eval_batch_size", "4", validation_problems=10)
+    run = tmp_path / "run"
+    train = read_rollouts(run)
     assert {r["rank"] for r in train} == {0, 1}
     steps = sorted({r["step"] for r in train})
     assert steps == [0, 1]  # on-policy: one rollout batch per optimizer step
@@ -130,16 +147,34 @@ def test_two_process_launch_splits_groups_and_matches_single_process_advantages(
         assert rewards.max() > rewards.min()
         expected = normalize_group_rewards(rewards, 8, 1e-6, True)
         torch.testing.assert_close(torch.tensor([r["advantage"] for r in batch]), expected)
-    evaluation = [r for r in rows if r["mode"] == "eval"]
-    assert len(evaluation) == 8  # eval_limit 8, one completion each, spread over the two processes
-    assert "eval_reward" in result.stdout + result.stderr
+
+    metrics = read_jsonl(run / "metrics.jsonl")
+    periodic = read_jsonl(run / "eval" / "eval-step000002" / "generations.jsonl")
+    chosen = json.loads((run / "validation_problems.json").read_text())["problem_ids"]
+    assert [r["problem_id"] for r in periodic] == chosen and len(chosen) == 8  # eval_limit 8 of 10, once each
+    (logged,) = [m for m in metrics if "eval_answer_accuracy" in m]
+    assert logged["eval_answer_accuracy"] == course_accuracy(periodic) and logged["eval_n"] == 8
+
+    final = read_jsonl(run / "final_eval" / "generations.jsonl")
+    assert len(final) == 10 and sorted(r["problem_id"] for r in final) == list(range(10))
+    (final_logged,) = [m for m in metrics if "final_eval_answer_accuracy" in m]
+    assert final_logged["final_eval_answer_accuracy"] == course_accuracy(final)
+    assert final_logged["final_eval_n"] == 10 and "eval_answer_accuracy" not in final_logged
+    summary = json.loads((run / "final_eval" / "summary.json").read_text())
+    assert summary["n"] == 10 and summary["answer_accuracy"] == course_accuracy(final)
 
 
 @pytest.mark.slow
-def test_single_process_launch_with_the_course_reward_and_budget(tiny_checkpoint, tmp_path):
-    launch(tmp_path, tiny_checkpoint, 1, "--max_train_hours", "1", "--final_full_eval", "true", "--max_steps", "1")
-    rows = read_rollouts(tmp_path / "run")
-    assert [r["reward"] for r in rows if r["mode"] == "train"] == [0.0] * 8  # a random model earns nothing
-    final = [r for r in rows if r["mode"] == "eval"][-12:]  # the last validation: the final, full one
-    assert len({r["prompt"] for r in final}) == 12  # every validation problem (12), not eval_limit (8)
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+def test_validation_grades_with_the_course_reward_whatever_trains(tiny_checkpoint, tmp_path):
+    launch(tmp_path, tiny_checkpoint, 1, "--reward_funcs", "rewards_for_test.constant_reward", "--max_train_hours", "1",
+           "--max_steps", "1", "--eval_steps", "1")
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    (train,) = [m for m in metrics if "loss" in m]
+    assert train["reward"] == 1.0 and train["rewards/constant_reward/mean"] == 1.0
+    validations = [m for m in metrics if "eval_answer_accuracy" in m]
+    assert [m["step"] for m in validations] == [1]
+    records = read_jsonl(run / "eval" / "eval-step000001" / "generations.jsonl")
+    assert len(records) == 8 and validations[0]["eval_answer_accuracy"] == course_accuracy(records)
+    assert validations[0]["eval_format_accuracy"] == sum(r["format_reward"] for r in records) / 8
+    assert (run / "model.safetensors").is_file()

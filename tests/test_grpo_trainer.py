@@ -7,11 +7,14 @@ copy of the initial model, the rewards and advantages with `compute_group_normal
 loss and gradients with `grpo_microbatch_train_step` on the whole train batch at once.
 
 Variable response lengths come from a stop string ("e") that cuts completions of the random tiny model
-at varied places, which also exercises the transformers-generate stop path.
+at varied places, which also exercises the transformers-generate stop path. A scripted completion on a real
+Qwen tokenizer checks what the reward functions grade when the token that completes "</answer>" carries
+more text.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,7 +24,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_math.advantages import compute_group_normalized_rewards
 from trl_math.grpo_config import MathGRPOConfig
-from trl_math.grpo_trainer import MathGRPOTrainer, truncate_at_stop_string
+from trl_math.grading import r1_zero_reward_fn
+from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.logprobs import get_response_log_probs
 from trl_math.losses import LENGTH_NORMALIZATIONS, LOSS_TYPES, grpo_microbatch_train_step
 
@@ -118,11 +122,22 @@ def response_log_probs(model, pairs):
     return padded, mask
 
 
+def graded_text(tokenizer, ids) -> str:
+    """vLLM's text of a completion cut at the one-character stop string "e": the last token, when it completed
+    the stop (no EOS ended the completion), keeps its text up to the first "e" only."""
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if ids[-1] == tokenizer.eos_token_id:
+        return full
+    head = tokenizer.decode(ids[:-1], skip_special_tokens=True)
+    tail = full[len(head):]
+    return head + tail[: tail.index("e") + 1] if "e" in tail else full
+
+
 def reference_step(checkpoint, tokenizer, rollout, args, reward=varied_reward, old_log_probs=None):
     """The assignment's loss and gradients on the whole rollout batch, from a fresh copy of the initial model."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     pairs = rows(rollout)
-    texts = tokenizer.batch_decode([c for _, c in pairs], skip_special_tokens=True)
+    texts = [graded_text(tokenizer, c.tolist()) for _, c in pairs]
     advantages, raw_rewards, _ = compute_group_normalized_rewards(
         lambda response, truth: {"reward": reward([response])[0]},
         texts,
@@ -342,19 +357,46 @@ def test_lora_trains_a_step(tiny_checkpoint, tmp_path):
     torch.testing.assert_close(weight, base.model.layers[0].mlp.up_proj.weight)
 
 
-def test_rollouts_log_and_generation_stop_at_answer_tag(qwen_tokenizer):
-    completion = " 2+2 is 4 </think> <answer> 4 </answer> and then more text </answer>"
-    ids = qwen_tokenizer(completion, add_special_tokens=False)["input_ids"] + [qwen_tokenizer.eos_token_id]
-    cut = truncate_at_stop_string(ids, qwen_tokenizer, "</answer>", min_tokens=4)
-    text = qwen_tokenizer.decode(cut)
-    assert text.startswith(" 2+2 is 4 </think> <answer> 4 </answer>")
-    assert text.count("</answer>") == 1 and "more" not in text
-    assert "</answer>" not in qwen_tokenizer.decode(cut[:-1])  # the last kept token completes the stop string
-    assert truncate_at_stop_string(ids[:5], qwen_tokenizer, "</answer>") == ids[:5]  # no stop: unchanged
-    # A stop string completed before min_tokens tokens does not stop: the next occurrence does.
-    early = qwen_tokenizer("</answer> x y z w </answer> tail", add_special_tokens=False)["input_ids"]
-    kept = qwen_tokenizer.decode(truncate_at_stop_string(early, qwen_tokenizer, "</answer>", min_tokens=4))
-    assert kept == "</answer> x y z w </answer>"
+def test_rewards_grade_vllms_text_when_the_stop_string_ends_inside_a_token(qwen_tokenizer, tmp_path):
+    """The token completing "</answer>" is ">." here: TRL's decoded text ends "</answer>.", vLLM's text (and the
+    course's pipeline) "</answer>". Training and validation rewards must see the latter."""
+    from trl_math.tiny_models import build_tiny_qwen2
+
+    checkpoint = tmp_path / "qwen-tiny"
+    build_tiny_qwen2(qwen_tokenizer, hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                     num_hidden_layers=1).save_pretrained(checkpoint)
+    qwen_tokenizer.save_pretrained(checkpoint)
+    script = qwen_tokenizer(" half </think> <answer> \\frac{1}{2} </answer>. Then more", add_special_tokens=False)["input_ids"]
+    closing = next(i for i, token in enumerate(script) if qwen_tokenizer.decode([token]) == ">.")
+    # transformers' sequence_bias makes the random model write the script: +100 k for the k-th token after its prefix.
+    bias = [[script[: k + 1], 100.0 * (k + 1)] for k in range(len(script))]
+    seen = []
+
+    def recording_reward(completions, ground_truth, **kwargs):
+        seen.extend(completions)
+        return [r1_zero_reward_fn(text, truth)["reward"] for text, truth in zip(completions, ground_truth)]
+
+    problems = Dataset.from_dict({"prompt": ["User: 1/2?\nAssistant: <think>"] * 2, "ground_truth": ["\\frac{1}{2}"] * 2})
+    args = tiny_config(tmp_path, rollout_batch_size=4, group_size=2, train_batch_size=4, gradient_accumulation_steps=1,
+                       max_completion_length=len(script), stop_string="</answer>", eval_strategy="steps",
+                       eval_steps=1, generation_kwargs={"sequence_bias": bias})
+    trainer = MathGRPOTrainer(model=str(checkpoint), reward_funcs=[recording_reward], args=args,
+                              train_dataset=problems, eval_dataset=problems, processing_class=qwen_tokenizer)
+    trainer.train()
+
+    graded = " half </think> <answer> \\frac{1}{2} </answer>"
+    assert seen == [graded] * 4  # every rollout, cut right after the stop string
+    assert r1_zero_reward_fn(graded, "\\frac{1}{2}")["reward"] == 1.0
+    assert r1_zero_reward_fn(qwen_tokenizer.decode(script[: closing + 1]), "\\frac{1}{2}")["reward"] == 0.0  # TRL's text
+    (train_log,) = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert train_log["reward"] == 1.0
+    assert train_log["completions/mean_length"] == closing + 1  # the loss covers the whole ">." token
+    (validation,) = [entry for entry in trainer.state.log_history if "eval_answer_accuracy" in entry]
+    assert validation["eval_answer_accuracy"] == 1.0 and validation["eval_n"] == 2
+    records = [json.loads(line) for line in (tmp_path / "out" / "eval" / "eval-step000001" / "generations.jsonl")
+               .read_text().splitlines()]
+    assert [r["response"] for r in records] == [graded] * 2 and {r["response_tokens"] for r in records} == {closing + 1}
+    assert {r["finish_reason"] for r in records} == {"stop"}
 
 
 def test_course_rewards_train_on_the_answer_reward_and_log_the_format_reward(tiny_checkpoint, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from trl_math.cli import main as cli_main
-from trl_math.run_log import MetricsLogCallback, read_metrics
+from trl_math.files import read_jsonl as read_metrics
+from trl_math.run_log import MetricsLogCallback
 from trl_math.synthetic import arithmetic_trace, make_arithmetic_splits
 
 

@@ -10,7 +10,7 @@ import pytest
 from trl import ModelConfig, TrlParser
 
 from trl_math.data import MathDataArguments
-from trl_math.evaluation import EvalSampling
+from trl_math.sampling import SamplingConfig
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments
 
@@ -33,7 +33,7 @@ def test_sft_config(name, tmp_path):
     assert args.filter_correct == (name == "filtered")
     assert (sft.sft_source, data.eval_source, data.prompt) == ("data/MATH/sft.jsonl", "data/MATH/validation.jsonl", "r1_zero")
     assert model.model_name_or_path == "Qwen/Qwen2.5-Math-1.5B" and args.max_grad_norm == 1.0 and args.use_vllm
-    assert args.eval_sampling() == EvalSampling(seed=0)  # T=1, top_p=1, 1024 tokens, stop after </answer>
+    assert args.eval_sampling() == SamplingConfig(seed=0)  # T=1, top_p=1, 1024 tokens, stop after </answer>
     assert args.eval_strategy == "steps" and data.eval_limit == 1024
 
 
@@ -43,7 +43,7 @@ def test_evaluate_config(name, monkeypatch):
     recipe = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "evaluate_recipe", recipe)  # dataclasses look their module up there
     spec.loader.exec_module(recipe)
-    args, sampling = TrlParser((recipe.EvaluateArguments, EvalSampling)).parse_args_and_config(
+    args, sampling = TrlParser((recipe.EvaluateArguments, SamplingConfig)).parse_args_and_config(
         ["--config", str(CONFIGS / "evaluate" / f"{name}.yaml")]
     )
     assert args.prompt == name.replace("math_baseline", "r1_zero") and args.eval_limit is None

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from fake_vllm import install as install_fake_vllm
 from transformers import TrainerCallback
 
 from trl_math.data import format_prompt, load_prompt_template
@@ -168,38 +167,3 @@ def test_load_sft_examples_names_file_line_and_field(tmp_path):
     assert load_sft_examples(path)["ground_truth"] == ["3", None]
     with pytest.raises(ValueError, match=r"sft\.jsonl:2: field 'ground_truth' is missing"):
         load_sft_examples(path, require_ground_truth=True)
-
-
-def test_validation_on_vllm_syncs_weights_before_each_evaluation(tiny_checkpoint, tmp_path, monkeypatch):
-    engines = install_fake_vllm(monkeypatch)
-    rows = sft_rows(8)
-    problems = Dataset.from_list([{"prompt": r["prompt"], "ground_truth": r["ground_truth"]} for r in rows[:3]])
-    args = config(tmp_path, use_vllm=True, per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                  eval_strategy="steps", eval_steps=1, eval_max_tokens=6, num_logged_generations=2)
-    trainer = MathSFTTrainer(str(tiny_checkpoint), args=args, train_dataset=Dataset.from_list(rows), eval_dataset=problems)
-    (engine,) = engines
-    seen = []
-
-    class Probe(TrainerCallback):
-        def on_evaluate(self, args, state, control, **kwargs):
-            engine_params = dict(engine.runner_model.hf_model.named_parameters())
-            seen.append(all(torch.equal(p.detach().cpu(), engine_params[n]) for n, p in trainer.model.named_parameters()))
-
-    initial = {n: p.detach().clone() for n, p in engine.runner_model.hf_model.named_parameters()}
-    trainer.add_callback(Probe())
-    trainer.train()
-
-    assert seen == [True, True]  # at each evaluation the engine held the policy's current weights
-    changed = [n for n, p in engine.runner_model.hf_model.named_parameters() if not torch.equal(p, initial[n])]
-    assert changed  # ... which training had changed
-    # Each evaluation: load_weights for every parameter, then the prefix cache reset, then the generations
-    # (validation, then log_generations on the first 2 problems).
-    sync = ["load_weights"] * len(list(trainer.model.parameters())) + ["reset_prefix_cache"]
-    assert engine.events == (sync + ["generate", "generate"]) * 2
-    assert engine.generate_calls == [problems["prompt"], problems["prompt"][:2]] * 2
-    for step in (1, 2):
-        records = [json.loads(line) for line in (tmp_path / "run" / "eval" / f"eval-step{step:06d}" / "generations.jsonl").open()]
-        assert [r["prompt"] for r in records] == problems["prompt"] and all(1 <= r["response_tokens"] <= 6 for r in records)
-    evals = [log for log in trainer.state.log_history if "eval_answer_accuracy" in log]
-    assert [log["step"] for log in evals] == [1, 2] and all(log["eval_n"] == 3 for log in evals)
-

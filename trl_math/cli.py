@@ -9,10 +9,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trl-math", description="trl-math utilities")
     sub = parser.add_subparsers(dest="command", required=True)
-    plot = sub.add_parser("plot", help="draw validation curves of runs against step and wall-clock time (PNG)")
+    plot = sub.add_parser("plot", help="draw validation curves of runs (GRPO, SFT, EI) against step and wall-clock time (PNG)")
     plot.add_argument("run_dirs", nargs="+", help="output directories of training runs")
     plot.add_argument("-o", "--output", default="validation_curves.png", help="PNG to write")
-    plot.add_argument("--metric", default=None, help="logged key to draw (default: the first validation reward found)")
+    plot.add_argument("--metric", default=None,
+                      help="logged key to draw (default: eval_answer_accuracy, the validation accuracy of every trainer)")
+    plot.add_argument("--x", default="step", choices=["step", "rollout_batch"],
+                      help="x axis of the left panel: optimizer step, or rollout batch (GRPO: compares on- and off-policy)")
     plot.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (default: folder names)")
     sub.add_parser("demo", help="the CPU learning demo (SFT warm start, then GRPO); options: trl-math demo --help",
                    add_help=False)
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.labels is not None and len(args.labels) != len(args.run_dirs):
             parser.error(f"--labels got {len(args.labels)} labels for {len(args.run_dirs)} runs")
         try:
-            path = plot_runs(args.run_dirs, args.output, metric=args.metric, labels=args.labels)
+            path = plot_runs(args.run_dirs, args.output, metric=args.metric, labels=args.labels, x=args.x)
         except (FileNotFoundError, ValueError) as err:
             print(f"trl-math plot: {err}", file=sys.stderr)
             return 2

@@ -1,11 +1,19 @@
 """MATH-style problems from a local JSONL file or a Hub dataset, formatted with the assignment's prompts.
 
 Every trainer of trl-math (GRPO, SFT, expert iteration) and the evaluation read their problems through
-`load_math_problems`, which returns a `datasets.Dataset` with three columns:
+`load_math_problems`, which returns a `datasets.Dataset` with the columns
 
 - `prompt`: the problem formatted with a prompt template (r1_zero by default), the text the policy sees;
 - `ground_truth`: the reference answer, the string the graders compare against;
-- `problem`: the raw problem text.
+- `problem`: the raw problem text;
+- `source_index`: the row's position among the source's valid rows;
+- `unique_id`, `subject`, `level`: copied when every row has them (the course's MATH files do).
+
+A limit (`eval_limit`, `train_limit`) keeps a seeded random sample of that many problems by default, in
+source order: the course's MATH files are sorted by subject, so their head is no sample of the split
+(`limit_strategy: head` keeps the first rows, on purpose only). The same seed gives the same problems in
+every trainer and in recipes/evaluate.py; the subject / level mix of the sample is printed when the data
+carries those fields.
 
 A malformed row is an error that names the file (or dataset), the line (or row) and the field. With
 `skip_malformed=True` such rows are skipped instead, and their count is printed: nothing is dropped silently.
@@ -14,7 +22,9 @@ A malformed row is an error that names the file (or dataset), the line (or row) 
 from __future__ import annotations
 
 import json
+import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 PROMPT_NAMES: tuple[str, ...] = ("r1_zero", "question_only")
+LIMIT_STRATEGIES: tuple[str, ...] = ("random", "head")
+# Row fields copied into the problems when every row carries them (the course's MATH files do).
+PASSTHROUGH_FIELDS: tuple[str, ...] = ("unique_id", "subject", "level")
 _CONFIGURED_LIMIT = object()  # MathDataArguments.load_problems' default: the configured train_limit / eval_limit
 
 
@@ -46,11 +59,24 @@ class MathDataArguments:
     eval_limit: int | None = field(
         default=1024,
         metadata={
-            "help": "Validation examples used during training (the first N valid rows; the assignment asks for at "
-            "least 1024). None: all of them."
+            "help": "Validation problems used during training: a seeded random sample of this many (see "
+            "limit_strategy; the assignment asks for at least 1024). None: all of them."
         },
     )
-    train_limit: int | None = field(default=None, metadata={"help": "Keep only the first N training problems."})
+    train_limit: int | None = field(
+        default=None, metadata={"help": "Train on a seeded random sample of this many problems (see limit_strategy)."}
+    )
+    limit_strategy: str = field(
+        default="random",
+        metadata={
+            "help": "How eval_limit / train_limit pick problems: 'random' (a sample drawn with limit_seed, kept in "
+            "source order) or 'head' (the first rows; the course's MATH files are sorted by subject, so this is "
+            "no sample of the split)."
+        },
+    )
+    limit_seed: int = field(
+        default=0, metadata={"help": "Seed of the limited samples: the same seed gives the same problems everywhere."}
+    )
     problem_field: str = field(default="problem", metadata={"help": "Field holding the problem text."})
     answer_field: str | None = field(
         default="answer",
@@ -91,6 +117,8 @@ class MathDataArguments:
             prompt=self.prompt,
             skip_malformed=self.skip_malformed,
             limit=(self.train_limit if which == "train" else self.eval_limit) if limit is _CONFIGURED_LIMIT else limit,
+            limit_strategy=self.limit_strategy,
+            limit_seed=self.limit_seed,
         )
 
 
@@ -171,6 +199,33 @@ def iter_rows(
     return _iter_hub(str(source), split), (lambda n: f"{source} (split {split}) row {n}")
 
 
+def select_limited(n: int, limit: int | None, strategy: str = "random", seed: int = 0) -> list[int]:
+    """Indices of the rows a `limit` keeps out of `n`: all of them, the first `limit`, or a seeded random
+    sample of `limit` in increasing order."""
+    if strategy not in LIMIT_STRATEGIES:
+        raise ValueError(f"limit_strategy: {strategy!r} is not one of {LIMIT_STRATEGIES}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive integer or None, got {limit}")
+    if limit is None or limit >= n:
+        return list(range(n))
+    if strategy == "head":
+        return list(range(limit))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def describe_mix(columns: dict[str, list], kept: list[int]) -> str:
+    """The subject and level shares of the kept rows against all rows (empty when the data has neither)."""
+    parts = []
+    for name in ("subject", "level"):
+        if name not in columns:
+            continue
+        everything, sample = Counter(columns[name]), Counter(columns[name][i] for i in kept)
+        shares = ", ".join(f"{value} {100 * sample[value] / len(kept):.1f}% ({100 * count / len(columns[name]):.1f}%)"
+                           for value, count in sorted(everything.items()))
+        parts.append(f"{name}: {shares}")
+    return "; ".join(parts)
+
+
 def load_math_problems(
     source: str | Path,
     split: str | None = None,
@@ -180,11 +235,13 @@ def load_math_problems(
     prompt: str = "r1_zero",
     skip_malformed: bool = False,
     limit: int | None = None,
+    limit_strategy: str = "random",
+    limit_seed: int = 0,
 ):
-    """Problems of `source` (local JSONL path, or Hub dataset id read with `split`) as a Dataset.
+    """Problems of `source` (local JSONL path, or Hub dataset id read with `split`) as a Dataset (module doc).
 
-    Columns: prompt (formatted with `prompt`), ground_truth, problem. The answer is `answer_field` when the
-    row has it, else the last \\boxed{...} of `solution_field`. `limit` keeps the first N valid rows.
+    The answer is `answer_field` when the row has it, else the last \\boxed{...} of `solution_field`. `limit`
+    keeps N of the valid rows: a random sample drawn with `limit_seed`, or the first N (`limit_strategy`).
     """
     from datasets import Dataset
 
@@ -192,11 +249,10 @@ def load_math_problems(
         raise ValueError("load_math_problems needs `answer_field` or `solution_field` to find the answers")
     template = load_prompt_template(prompt)
     rows, where = iter_rows(source, split)
-    columns: dict[str, list[str]] = {"prompt": [], "ground_truth": [], "problem": []}
+    columns: dict[str, list] = {"prompt": [], "ground_truth": [], "problem": []}
+    extra: dict[str, list] = {name: [] for name in PASSTHROUGH_FIELDS}
     skipped: list[str] = []
     for number, row in rows:
-        if limit is not None and len(columns["problem"]) >= limit:
-            break
         if isinstance(row, str):
             problem_text = f"{where(number)}: {row}"
         else:
@@ -213,6 +269,8 @@ def load_math_problems(
                 columns["prompt"].append(format_prompt(template, problem))
                 columns["ground_truth"].append(answer)
                 columns["problem"].append(problem)
+                for name, values in extra.items():
+                    values.append(row.get(name))
                 continue
         if not skip_malformed:
             raise MalformedRowError(problem_text + " (pass skip_malformed=True to skip such rows)")
@@ -221,4 +279,23 @@ def load_math_problems(
         print(f"load_math_problems: skipped {len(skipped)} malformed rows of {source}; first: {skipped[0]}", file=sys.stderr)
     if not columns["problem"]:
         raise ValueError(f"{source} holds no usable problems")
-    return Dataset.from_dict(columns)
+    n = len(columns["problem"])
+    columns |= {name: [str(v) for v in values] for name, values in extra.items()
+                if all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)}
+    columns["source_index"] = list(range(n))
+    kept = select_limited(n, limit, limit_strategy, limit_seed)
+    if len(kept) < n:
+        how = f"random sample, seed {limit_seed}" if limit_strategy == "random" else "the first rows"
+        mix = describe_mix(columns, kept)
+        print(f"load_math_problems: {len(kept)} of {n} problems of {source} ({how})"
+              + (f"; sample (all): {mix}" if mix else ""), file=sys.stderr)
+    return Dataset.from_dict({name: [values[i] for i in kept] for name, values in columns.items()})
+
+
+def problem_ids(problems) -> list | None:
+    """What identifies each problem in written files: its unique_id when the data has one, else its
+    source_index (None when the dataset has neither, e.g. built by hand)."""
+    for name in ("unique_id", "source_index"):
+        if name in problems.column_names:
+            return list(problems[name])
+    return None

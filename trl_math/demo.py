@@ -62,14 +62,15 @@ def _rows(problems, template, with_trace=False):
 
 def held_out_accuracy(model, tokenizer, rows, samples: int, max_tokens: int, seed: int, output_dir: Path) -> float:
     """Mean answer reward of `samples` sampled responses (temperature 1.0) per held-out problem."""
-    from .evaluation import EvalSampling, evaluate_transformers
+    from .evaluation import evaluate
     from .grading import r1_zero_reward_fn
+    from .sampling import SamplingConfig, TransformersSampler
 
     prompts = [r["prompt"] for r in rows for _ in range(samples)]
     truths = [r["ground_truth"] for r in rows for _ in range(samples)]
-    sampling = EvalSampling(temperature=1.0, top_p=1.0, max_tokens=max_tokens, min_tokens=1, seed=seed)
-    result = evaluate_transformers(model, tokenizer, r1_zero_reward_fn, prompts, truths, sampling, output_dir, batch_size=200)
-    return result.summary["answer_accuracy"]
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens, min_tokens=1, seed=seed)
+    sampler = TransformersSampler(model, tokenizer, sampling, batch_size=200)
+    return evaluate(sampler, r1_zero_reward_fn, prompts, truths, output_dir).summary["answer_accuracy"]
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -150,7 +151,7 @@ def run_demo(config: DemoConfig) -> dict:
     after = held_out_accuracy(model, tokenizer, test, config.test_samples, config.max_completion_length,
                               config.seed + 1, out / "test-after")
 
-    plot = plot_runs([out / "grpo"], out / "validation_reward.png", metric="eval_reward", labels=[f"GRPO seed {config.seed}"])
+    plot = plot_runs([out / "grpo"], out / "validation_reward.png", metric="eval_answer_accuracy", labels=[f"GRPO seed {config.seed}"])
     summary = {
         "config": asdict(config),
         "warm_start_sft_steps": warm_start_steps,

@@ -1,248 +1,71 @@
-"""Validation accuracy the assignment's way (math_baseline): generate, grade, stream every example to disk.
+"""Validation accuracy the assignment's way (math_baseline): sample one response per problem, grade it with
+the course's reward, stream every record to disk, summarize.
 
-`evaluate_vllm` is the assignment's function: it samples one response per prompt from a vLLM engine,
-grades it with the batch grader and writes, as it goes, one JSON line per example to
-`<output_dir>/generations.jsonl`; at the end it writes `<output_dir>/summary.json` atomically.
-`evaluate_transformers` does the same with `model.generate`, for machines without vLLM: the same
-sampling fields (vLLM's names, `EvalSampling`), the same stop rule and the same files.
+`evaluate(sampler, reward_fn, prompts, ground_truths, output_dir)` is the loop every part of trl-math uses
+(recipes/evaluate.py, the trainers' validation, the final full validation); `evaluate_vllm` is the
+assignment's function on top of it, for a vLLM engine. Files in `output_dir`:
 
-Each line: index, prompt, response, ground_truth, format_reward, answer_reward, reward,
-response_tokens, finish_reason ("stop": the stop string or EOS ended it; "length": max_tokens did)
-and category. The summary: n, format and answer accuracy, mean reward and response length, and the
-count of each (format, answer) category, finish reasons, and how many items hit the grader's time limit
-(graded answer 0). A run killed half-way leaves only whole lines: each line is written by one `os.write`
-of the complete record.
+- `generations.jsonl`: one line per problem, written as soon as its chunk is graded: index, problem_id
+  (when known), prompt, response, ground_truth, format_reward, answer_reward, reward, response_tokens,
+  finish_reason ("stop": a stop string or EOS ended it; "length": max_tokens did), category and unscored
+  (null, or "timeout" / "error" when the grader could not score it: answer 0). Each line is one os.write,
+  so a killed run leaves only whole lines (a torn last line at worst, which a resume drops).
+- `summary.json` (atomically, at the end): n, format / answer accuracy, mean reward and response length,
+  the counts of each category and finish reason, grading timeouts and errors, plus `extra_summary`.
+- `evaluation.json`: what produced the records (`fingerprint`: model, prompt, sampling, ... and a hash
+  of the problems). With `resume=True`, a later call into the same directory grades only the problems
+  missing from generations.jsonl and summarizes all of them; a different fingerprint is refused, naming
+  the fields that differ.
+
+Several processes: every process calls `evaluate` with the same problems and its own sampler; each samples
+a share (`sampling.sample_sharded`), the main process grades and writes, and every process gets the summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
-from .stopping import find_stop
+from .files import JsonlWriter, drop_torn_tail, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .grading.reward_pool import CATEGORIES, RewardFn, category, grade, grading_pool
+from .sampling import Sampler, VLLMSampler, sample_sharded
 
 RECORDS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
-# (format_reward, answer_reward) -> category; the r1_zero grader never gives (0, 1), question_only can't either.
-CATEGORIES = {(1, 1): "format1_answer1", (1, 0): "format1_answer0", (0, 0): "format0_answer0", (0, 1): "format0_answer1"}
-
-RewardFn = Callable[[str, str], dict[str, float]]
+RUN_FILE = "evaluation.json"
 
 
-@dataclass
-class EvalSampling:
-    """How validation responses are sampled, under vLLM SamplingParams' field names (the assignment's defaults)."""
-
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus-sampling top_p."})
-    max_tokens: int = field(default=1024, metadata={"help": "Most tokens sampled per response."})
-    min_tokens: int = field(default=4, metadata={"help": "Fewest tokens sampled per response (EOS and stop held back)."})
-    stop: list[str] = field(
-        default_factory=lambda: ["</answer>"], metadata={"help": "Responses end after the first of these strings."}
-    )
-    include_stop_str_in_output: bool = field(default=True, metadata={"help": "Keep the stop string in the response."})
-    seed: int | None = field(default=None, metadata={"help": "Sampling seed. None: unseeded."})
-
-    def to_vllm(self, n: int = 1):
-        """The equivalent `vllm.SamplingParams`, `n` responses per prompt; imports vLLM."""
-        from vllm import SamplingParams
-
-        return SamplingParams(n=n, **asdict(self))
+class EvaluationMismatch(ValueError):
+    """An output directory holds a partial evaluation of another run (another fingerprint)."""
 
 
 @dataclass
-class Completion:
-    """One sampled response: its text, its length in tokens (EOS included) and why it ended."""
+class EvaluationResult:
+    """What an evaluation wrote: the summary, the per-problem records (main process only) and the two files."""
 
-    text: str
-    num_tokens: int
-    finish_reason: str
-
-
-def generate_vllm(llm, prompts: Sequence[str], sampling_params) -> list[Completion]:
-    """The completions of `llm.generate`, prompt-major: `sampling_params.n` per prompt, in prompt order."""
-    outputs = llm.generate(list(prompts), sampling_params)
-    return [Completion(c.text, len(c.token_ids), c.finish_reason) for o in outputs for c in o.outputs]
-
-
-def completion_from_generated_ids(ids: list[int], tokenizer, sampling: EvalSampling, eos_ids: set[int]) -> Completion:
-    """The vLLM view of one row of `generate` output (the tokens after the prompt, padded after the end).
-
-    The row ends at the first EOS (kept in the count, as vLLM keeps it in token_ids) or at the first stop
-    string that ends on or after token `min_tokens`, whose text is cut right after it (kept, as with
-    include_stop_str_in_output=True); otherwise max_tokens ended it.
-    """
-    pad = tokenizer.pad_token_id
-    end = next((i for i, t in enumerate(ids) if t in eos_ids or t == pad), len(ids))
-    body = ids[:end]
-    text = tokenizer.decode(body, skip_special_tokens=True)
-    match = find_stop(body, tokenizer, sampling.stop or [], sampling.min_tokens)
-    if match is not None:
-        return Completion(text[: match.end if sampling.include_stop_str_in_output else match.start], match.tokens, "stop")
-    if end < len(ids) and ids[end] in eos_ids:
-        return Completion(text, end + 1, "stop")
-    return Completion(text, len(body), "length")
-
-
-@contextmanager
-def seeded_rng(seed: int | None, device: torch.device):
-    """Torch's RNG (CPU, and `device` if CUDA) seeded with `seed` inside, restored after; None: untouched."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-class _StopAfterMinTokens(StoppingCriteria):
-    """A stopping criterion that may only fire once sequences are `min_length` tokens long (vLLM's min_tokens
-    also holds back stop strings; transformers' stop_strings ignore min_new_tokens)."""
-
-    def __init__(self, inner: StoppingCriteria, min_length: int):
-        self.inner, self.min_length = inner, min_length
-
-    def __call__(self, input_ids, scores, **kwargs):
-        done = self.inner(input_ids, scores, **kwargs)
-        return done & (input_ids.shape[1] >= self.min_length)
-
-
-def generate_transformers(
-    model, tokenizer, prompts: Sequence[str], sampling: EvalSampling, batch_size: int = 16
-) -> list[Completion]:
-    """One completion per prompt from `model.generate`, batched with left padding, cut as vLLM would cut it.
-
-    Prompts are tokenized without special tokens (as the trainers tokenize them). `sampling.seed`, when
-    set, seeds a forked RNG (one stream for all prompts), so the caller's random state is left untouched.
-    """
-    eos = model.generation_config.eos_token_id
-    eos_ids = {tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])} - {None}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = {
-        "max_new_tokens": sampling.max_tokens,
-        "min_new_tokens": sampling.min_tokens,
-        "pad_token_id": pad_id,
-        "do_sample": sampling.temperature > 0,
-    }
-    if sampling.temperature > 0:
-        kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-    completions: list[Completion] = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        with seeded_rng(sampling.seed, model.device), torch.no_grad():
-            for start in range(0, len(prompts), batch_size):
-                batch = tokenizer(
-                    list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
-                ).to(model.device)
-                stopping = []
-                if sampling.stop:
-                    stopping.append(
-                        _StopAfterMinTokens(
-                            StopStringCriteria(tokenizer, list(sampling.stop)),
-                            batch["input_ids"].shape[1] + sampling.min_tokens,
-                        )
-                    )
-                output = model.generate(**batch, **kwargs, stopping_criteria=StoppingCriteriaList(stopping))
-                for row in output[:, batch["input_ids"].shape[1] :].tolist():
-                    completions.append(completion_from_generated_ids(row, tokenizer, sampling, eos_ids))
-    finally:
-        tokenizer.padding_side = padding_side
-    return completions
-
-
-class RewardGradeFn:
-    """GradingPool's per-item function for an assignment-style `reward_fn(response, ground_truth)`.
-
-    Picklable when `reward_fn` is (a module-level function or a functools.partial of one).
-    """
-
-    def __init__(self, reward_fn: RewardFn):
-        self.reward_fn = reward_fn
-
-    def __call__(self, response: str, ground_truth: str, **pool_options) -> dict[str, float]:
-        return self.reward_fn(response, ground_truth)
-
-
-def grading_pool(reward_fn: RewardFn):
-    """A batch grader (worker processes, hard per-item time limit) that grades with `reward_fn`."""
-    from .grading import GradingPool
-
-    return GradingPool(grade_fn=RewardGradeFn(reward_fn))
-
-
-def _format_rule(reward_fn: RewardFn) -> str:
-    """Which format rule scores an item that timed out: question_only's for that reward, r1_zero's otherwise."""
-    from .grading import question_only_reward_fn
-
-    return "question_only" if reward_fn is question_only_reward_fn else "r1_zero"
-
-
-def grade(reward_fn: RewardFn, responses: Sequence[str], ground_truths: Sequence[str], pool=None) -> list[dict]:
-    """Rewards of (response, ground truth) pairs from the batch grader (`pool`, or a one-off pool).
-
-    An item past the pool's time limit gets answer 0 and the format reward of the format rule.
-    """
-    if pool is None:
-        with grading_pool(reward_fn) as own:
-            return grade(reward_fn, responses, ground_truths, own)
-    return pool.grade(list(responses), list(ground_truths), prompt=_format_rule(reward_fn))
-
-
-def category(format_reward: float, answer_reward: float) -> str:
-    """The math_baseline category of one graded response."""
-    return CATEGORIES[(int(format_reward > 0), int(answer_reward > 0))]
-
-
-class JsonlWriter:
-    """Writes records as JSON lines, each with a single os.write of the whole line (no torn lines on a kill)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-
-    def write(self, record: dict) -> None:
-        data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        while data:
-            data = data[os.write(self.fd, data) :]
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write `obj` as JSON to `path` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    summary: dict
+    records: list[dict]
+    records_path: Path
+    summary_path: Path
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """n, format / answer accuracy, mean reward, mean response length, category and finish-reason counts."""
+    """n, format / answer accuracy, mean reward and response length, category, finish-reason and unscored counts:
+    each a mean or count over the records, one per problem."""
     n = len(records)
 
     def mean(key):
         return sum(r[key] for r in records) / n if n else float("nan")
 
     counts = Counter(r["category"] for r in records)
+    unscored = Counter(r["unscored"] for r in records if r.get("unscored"))
     return {
         "n": n,
         "format_accuracy": mean("format_reward"),
@@ -251,66 +74,156 @@ def summarize(records: Sequence[dict]) -> dict:
         "mean_response_tokens": mean("response_tokens"),
         "categories": {name: counts.get(name, 0) for name in CATEGORIES.values()},
         "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+        "grading_timeouts": unscored.get("timeout", 0),
+        "grading_errors": unscored.get("error", 0),
     }
 
 
-@dataclass
-class EvaluationResult:
-    """What an evaluation wrote: the summary, the per-example records and the two files."""
-
-    summary: dict
-    records: list[dict]
-    records_path: Path
-    summary_path: Path
+def problems_hash(prompts: Sequence[str], ground_truths: Sequence[str], problem_ids: Sequence | None) -> str:
+    """A hash of the evaluated problems, in order: a changed data file changes it."""
+    digest = hashlib.sha256()
+    for row in zip(prompts, ground_truths, problem_ids if problem_ids is not None else [None] * len(prompts)):
+        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
 
 
-def _evaluate(
-    generate_chunk: Callable[[Sequence[str]], list[Completion]],
+def _changed_fields(saved: dict, current: dict) -> list[str]:
+    return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+
+
+def _records_to_keep(output_dir: Path, run: dict, prompts, ground_truths) -> dict[int, dict]:
+    """The records of a partial evaluation of the same run in `output_dir`, by index (none if there is none).
+
+    Refuses a directory whose records come from another run (another fingerprint, or no evaluation.json)."""
+    records_path, run_path = output_dir / RECORDS_FILE, output_dir / RUN_FILE
+    if not records_path.exists():
+        return {}
+    if not run_path.exists():
+        raise EvaluationMismatch(f"{records_path} exists but {run_path} does not, so what produced it is unknown: use "
+                                 "another output_dir, or start over (resume off)")
+    saved = json.loads(run_path.read_text(encoding="utf-8"))
+    changed = _changed_fields(saved, run)
+    if changed:
+        details = "; ".join(f"{key}: {saved.get(key)!r} -> {run.get(key)!r}" for key in changed)
+        raise EvaluationMismatch(f"{output_dir} holds a partial evaluation of another run ({details}): use another "
+                                 "output_dir, or start over (resume off)")
+    drop_torn_tail(records_path)
+    kept = {}
+    for number, record in enumerate(read_jsonl(records_path), start=1):
+        index = record.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(prompts) or record.get("prompt") != prompts[index] \
+                or record.get("ground_truth") != str(ground_truths[index]):
+            raise ValueError(f"{records_path}:{number}: record does not match problem {index!r} of this evaluation")
+        kept[index] = record
+    return kept
+
+
+def evaluate(
+    sampler: Sampler,
     reward_fn: RewardFn,
     prompts: Sequence[str],
     ground_truths: Sequence[str],
     output_dir: str | Path,
-    chunk_size: int,
-    extra_summary: dict | None,
-    pool,
+    *,
+    problem_ids: Sequence | None = None,
+    chunk_size: int = 512,
+    extra_summary: dict | None = None,
+    pool=None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
+    state=None,
+    desc: str = "evaluate",
 ) -> EvaluationResult:
-    if len(prompts) != len(ground_truths):
-        raise ValueError(f"got {len(prompts)} prompts but {len(ground_truths)} ground truths")
+    """Sample one response per prompt, grade it with `reward_fn`, write the files (module doc); returns them.
+
+    Prompts are sampled `chunk_size` at a time (request ids: their positions, so seeded samples do not depend
+    on the chunking), and each chunk reaches the disk as soon as it is graded. `pool`: a
+    `grading_pool(reward_fn)` to reuse (starting one takes seconds); None starts one for this call.
+    `fingerprint`: what identifies this run for `resume` (e.g. model, prompt, sampling). `state`: an
+    accelerate PartialState when several processes evaluate together (None: the current one).
+    """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if len(prompts) != len(ground_truths) or (problem_ids is not None and len(problem_ids) != len(prompts)):
+        raise ValueError(f"got {len(prompts)} prompts, {len(ground_truths)} ground truths"
+                         + ("" if problem_ids is None else f" and {len(problem_ids)} problem ids"))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    state = state or PartialState()
     output_dir = Path(output_dir)
+    main = state.is_main_process
+    own_pool = main and pool is None
+    if own_pool:
+        pool = grading_pool(reward_fn)
+    try:
+        kept: dict[int, dict] = {}
+        if main:
+            run = {**(fingerprint or {}), "problems": problems_hash(prompts, ground_truths, problem_ids)}
+            kept = _records_to_keep(output_dir, run, prompts, ground_truths) if resume else {}
+            if kept:
+                print(f"{desc}: resuming {output_dir}: {len(kept)} of {len(prompts)} problems already graded",
+                      file=sys.stderr)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(output_dir / RUN_FILE, run)
+            JsonlWriter(output_dir / RECORDS_FILE, append=bool(kept)).close()  # starts it empty, or keeps it
+        missing = [i for i in range(len(prompts)) if i not in kept]
+        if state.num_processes > 1:
+            missing = broadcast_object_list([missing], from_process=0)[0]
+        records = _sample_and_grade(sampler, reward_fn, prompts, ground_truths, problem_ids, missing, output_dir,
+                                    chunk_size, pool, state, desc)
+        summary = None
+        if main:
+            records = sorted([*kept.values(), *records], key=lambda r: r["index"])
+            if kept:  # appended after the kept lines: leave the file in problem order
+                write_jsonl_atomic(output_dir / RECORDS_FILE, records)
+            summary = {**summarize(records), **(extra_summary or {})}
+            write_json_atomic(output_dir / SUMMARY_FILE, summary)
+        if state.num_processes > 1:
+            summary = broadcast_object_list([summary], from_process=0)[0]
+        return EvaluationResult(summary, records if main else [], output_dir / RECORDS_FILE, output_dir / SUMMARY_FILE)
+    finally:
+        if own_pool:
+            pool.close()
+
+
+def _sample_and_grade(sampler, reward_fn, prompts, ground_truths, problem_ids, indices, output_dir, chunk_size, pool,
+                      state, desc) -> list[dict]:
+    """Records of the problems at `indices`, appended to generations.jsonl chunk by chunk (main process)."""
+    main = state.is_main_process
     records: list[dict] = []
-    if pool is None:
-        with grading_pool(reward_fn) as own:
-            return _evaluate(generate_chunk, reward_fn, prompts, ground_truths, output_dir, chunk_size, extra_summary, own)
-    timeouts_before = pool.stats["timeouts"]
-    with JsonlWriter(output_dir / RECORDS_FILE) as writer, tqdm(total=len(prompts), desc="evaluate", unit="ex") as bar:
-        for start in range(0, len(prompts), chunk_size):
-            chunk_prompts = list(prompts[start : start + chunk_size])
-            chunk_truths = [str(t) for t in ground_truths[start : start + chunk_size]]
-            completions = generate_chunk(chunk_prompts)
-            rewards = grade(reward_fn, [c.text for c in completions], chunk_truths, pool)
-            for offset, (prompt, truth, completion, reward) in enumerate(
-                zip(chunk_prompts, chunk_truths, completions, rewards, strict=True)
-            ):
-                record = {
-                    "index": start + offset,
-                    "prompt": prompt,
-                    "response": completion.text,
-                    "ground_truth": truth,
-                    "format_reward": float(reward["format_reward"]),
-                    "answer_reward": float(reward["answer_reward"]),
-                    "reward": float(reward["reward"]),
-                    "response_tokens": completion.num_tokens,
-                    "finish_reason": completion.finish_reason,
-                    "category": category(reward["format_reward"], reward["answer_reward"]),
-                }
-                writer.write(record)
-                records.append(record)
-            bar.update(len(chunk_prompts))
-    summary = {**summarize(records), "grading_timeouts": pool.stats["timeouts"] - timeouts_before, **(extra_summary or {})}
-    write_json_atomic(output_dir / SUMMARY_FILE, summary)
-    return EvaluationResult(summary, records, output_dir / RECORDS_FILE, output_dir / SUMMARY_FILE)
+    writer = JsonlWriter(output_dir / RECORDS_FILE, append=True) if main else None
+    try:
+        with tqdm(total=len(indices), desc=desc, unit="problem", disable=not main) as bar:
+            for start in range(0, len(indices), chunk_size):
+                chunk = indices[start : start + chunk_size]
+                groups = sample_sharded(sampler, [prompts[i] for i in chunk], 1, chunk, state)
+                if main:
+                    completions = [group[0] for group in groups]
+                    truths = [str(ground_truths[i]) for i in chunk]
+                    rewards = grade(reward_fn, [c.text for c in completions], truths, pool)
+                    for index, truth, completion, reward in zip(chunk, truths, completions, rewards, strict=True):
+                        record = {
+                            "index": index,
+                            **({} if problem_ids is None else {"problem_id": problem_ids[index]}),
+                            "prompt": prompts[index],
+                            "response": completion.text,
+                            "ground_truth": truth,
+                            "format_reward": float(reward["format_reward"]),
+                            "answer_reward": float(reward["answer_reward"]),
+                            "reward": float(reward["reward"]),
+                            "response_tokens": completion.num_tokens,
+                            "finish_reason": completion.finish_reason,
+                            "category": category(reward["format_reward"], reward["answer_reward"]),
+                            "unscored": reward.get("unscored"),
+                        }
+                        writer.write(record)
+                        records.append(record)
+                bar.update(len(chunk))
+    finally:
+        if writer is not None:
+            writer.close()
+    return records
 
 
 def evaluate_vllm(
@@ -320,42 +233,11 @@ def evaluate_vllm(
     ground_truths: Sequence[str],
     eval_sampling_params,
     output_dir: str | Path,
-    chunk_size: int = 512,
-    extra_summary: dict | None = None,
-    pool=None,
+    **options,
 ) -> EvaluationResult:
-    """Evaluate a vLLM engine on `prompts`: generate, grade, write generations.jsonl as it goes and summary.json.
-
-    Prompts go to the engine `chunk_size` at a time, so finished examples reach the disk while the rest
-    is generated. `extra_summary` (e.g. the model and the step) is merged into summary.json. `pool`: a
-    `grading_pool(reward_fn)` to reuse (starting one takes seconds); None starts one for this call.
-    """
-    return _evaluate(
-        lambda chunk: generate_vllm(vllm_model, chunk, eval_sampling_params),
-        reward_fn, prompts, ground_truths, output_dir, chunk_size, extra_summary, pool,
-    )
-
-
-def evaluate_transformers(
-    model,
-    tokenizer,
-    reward_fn: RewardFn,
-    prompts: Sequence[str],
-    ground_truths: Sequence[str],
-    sampling: EvalSampling,
-    output_dir: str | Path,
-    batch_size: int = 16,
-    extra_summary: dict | None = None,
-    pool=None,
-) -> EvaluationResult:
-    """`evaluate_vllm` on `model.generate` (no vLLM needed): same sampling fields, stop rule and files.
-
-    `sampling.seed` seeds one random stream for the whole evaluation: the responses are those of
-    `generate_transformers` on all prompts at once.
-    """
-    unseeded = replace(sampling, seed=None)
-    with seeded_rng(sampling.seed, model.device):
-        return _evaluate(
-            lambda chunk: generate_transformers(model, tokenizer, chunk, unseeded, batch_size),
-            reward_fn, prompts, ground_truths, output_dir, batch_size, extra_summary, pool,
-        )
+    """The assignment's evaluate_vllm: evaluate a `vllm.LLM` on `prompts` with `eval_sampling_params` (a
+    `vllm.SamplingParams`; its seed, if any, seeds request r with seed + r), grade with `reward_fn`, write
+    generations.jsonl and summary.json to `output_dir`. `options`: those of `evaluate` (chunk_size,
+    extra_summary, pool, resume, fingerprint, problem_ids)."""
+    return evaluate(VLLMSampler(vllm_model, eval_sampling_params), reward_fn, prompts, ground_truths, output_dir,
+                    **options)

@@ -27,18 +27,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 
-from .evaluation import EvalSampling, evaluate_transformers, evaluate_vllm, generate_transformers, generate_vllm, grade
-from .evaluation import grading_pool as make_grading_pool
-from .evaluation import JsonlWriter, write_json_atomic
+from .files import JsonlWriter, write_json_atomic, write_jsonl_atomic
 from .generation_log import response_entropies
 from .grading import r1_zero_reward_fn
+from .grading.reward_pool import grade
+from .grading.reward_pool import grading_pool as make_grading_pool
 from .model_card import launch_command, non_default_fields, render_model_card
-from .run_log import METRICS_FILE, write_metrics
+from .run_log import METRICS_FILE
+from .sampling import SamplingConfig, sample_sharded, trainer_sampler
 from .sft_config import MathSFTConfig
 from .sft_trainer import MathSFTTrainer
+from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 STATE_FILE = "ei_state.json"
 
@@ -90,9 +92,9 @@ class ExpertIterationConfig(MathSFTConfig):
             fail("entropy_sample_size", f"must be >= 0, got {self.entropy_sample_size}")
         super().__post_init__()
 
-    def rollout_sampling(self, seed: int) -> EvalSampling:
+    def rollout_sampling(self, seed: int) -> SamplingConfig:
         """Rollout sampling (vLLM SamplingParams' field names), seeded for one EI step."""
-        return EvalSampling(
+        return SamplingConfig(
             temperature=self.rollout_temperature,
             top_p=self.rollout_top_p,
             max_tokens=self.rollout_max_tokens,
@@ -170,6 +172,8 @@ class ExpertIterationTrainer:
             self._rewrite_metrics()
             if saved is None:
                 (self.output_dir / STATE_FILE).unlink(missing_ok=True)
+            if eval_dataset is not None:
+                write_validation_problems(eval_dataset, self.output_dir)
         self.state.wait_for_everyone()
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
@@ -195,6 +199,10 @@ class ExpertIterationTrainer:
         """Run the remaining EI steps; returns the per-step log."""
         start = time.monotonic() - (self.log[-1]["wall_time_s"] if self.log else 0.0)
         try:
+            if self.args.eval_on_start and not self.log and self.eval_dataset is not None:  # the step-0 point
+                self.log.append({"step": 0, **self._validate(0), "wall_time_s": round(time.monotonic() - start, 3)})
+                if self.state.is_main_process:
+                    self._rewrite_metrics()
             for step in range(self.completed_steps, self.args.n_ei_steps):
                 record = self._ei_step(step)
                 record["wall_time_s"] = round(time.monotonic() - start, 3)
@@ -246,34 +254,21 @@ class ExpertIterationTrainer:
             record["ei/sft_train_loss"] = next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None)
         else:  # nothing to learn from: the policy stays as it is
             record["ei/sft_loss"] = record["ei/sft_train_loss"] = None
-        record |= self._validate(step)
+        record |= self._validate(step + 1)
         if trainer is not None:  # EI metrics to the report_to backends, through the SFT phase's callbacks
             trainer.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"})
         return record
 
-    def _sample(self, questions: list[str], sampling: EvalSampling):
-        """G rollouts per question, question-major; each process samples a shard of the questions.
-
-        transformers: each prompt repeated G times in one seeded stream. vLLM: `n=G` per prompt (vLLM
-        seeds each request, so G copies of one prompt with one seed would be G identical samples).
-        """
-        state, G = self.state, self.args.rollouts_per_question
-        shard = list(range(state.process_index, len(questions), state.num_processes))
-        local = [questions[i] for i in shard]
-        if state.num_processes > 1:  # distinct streams per process
-            sampling = dataclasses.replace(sampling, seed=sampling.seed * state.num_processes + state.process_index)
+    def _sample(self, questions: list[str], sampling: SamplingConfig):
+        """G rollouts per question, question-major; the processes sample shares of the questions, and question q's
+        rollouts draw from the seeds sampling.seed + q * G + k (sampling module), whatever the process count."""
         self.model.eval()
         if self.vllm_generation is not None:
             self.vllm_generation.sync_weights()  # every process: gathering sharded weights is collective
-            out = generate_vllm(self.vllm_generation.llm, local, sampling.to_vllm(n=G)) if local else []
-        else:
-            repeated = [q for q in local for _ in range(G)]
-            out = generate_transformers(self.model, self.processing_class, repeated, sampling,
-                                        self.args.per_device_eval_batch_size) if local else []
-        groups = [(index, out[k * G:(k + 1) * G]) for k, index in enumerate(shard)]
-        if state.num_processes > 1:
-            groups = gather_object(groups)
-        return [c for _, group in sorted(groups, key=lambda pair: pair[0]) for c in group]
+        sampler = trainer_sampler(self.model, self.processing_class, sampling, self.args.per_device_eval_batch_size,
+                                  self.vllm_generation)
+        groups = sample_sharded(sampler, questions, self.args.rollouts_per_question, state=self.state)
+        return [c for group in groups for c in group]
 
     @property
     def grading_pool(self):
@@ -306,7 +301,8 @@ class ExpertIterationTrainer:
         self.state.wait_for_everyone()
         sft_args = dataclasses.replace(
             self.args, output_dir=str(self._step_dir(step) / "sft"), seed=seed, data_seed=seed, use_vllm=False,
-            eval_strategy="no", save_strategy="no", push_to_hub=False, resume=False, model_init_kwargs=None,
+            eval_strategy="no", eval_on_start=False, save_strategy="no", push_to_hub=False, resume=False,
+            model_init_kwargs=None,
         )
         trainer = MathSFTTrainer(model=self.model, args=sft_args, train_dataset=dataset,
                                  processing_class=self.processing_class, reward_fn=self.reward_fn)
@@ -316,26 +312,19 @@ class ExpertIterationTrainer:
         return trainer
 
     def _validate(self, step: int) -> dict:
+        """Validation after EI step `step` (0: before the first), logged as eval_* (trl_math.validation)."""
         if self.eval_dataset is None:
             return {}
-        args, summary = self.args, None
-        common = {"reward_fn": self.reward_fn, "prompts": self.eval_dataset["prompt"],
-                  "ground_truths": [str(t) for t in self.eval_dataset["ground_truth"]],
-                  "output_dir": self.output_dir / "eval" / f"ei_step_{step + 1:02d}", "extra_summary": {"ei_step": step + 1}}
         self.model.eval()
         if self.vllm_generation is not None:
             self.vllm_generation.sync_weights()
-        if self.state.is_main_process:
-            if self.vllm_generation is not None:
-                summary = evaluate_vllm(self.vllm_generation.llm, eval_sampling_params=args.eval_sampling().to_vllm(),
-                                        chunk_size=args.eval_chunk_size, pool=self.grading_pool, **common).summary
-            else:
-                summary = evaluate_transformers(self.model, self.processing_class, sampling=args.eval_sampling(),
-                                                batch_size=args.per_device_eval_batch_size, pool=self.grading_pool, **common).summary
-        if self.state.num_processes > 1:
-            summary = broadcast_object_list([summary], from_process=0)[0]
-        return {"eval_answer_accuracy": summary["answer_accuracy"], "eval_format_accuracy": summary["format_accuracy"],
-                "eval_response_tokens": summary["mean_response_tokens"]}
+        sampler = trainer_sampler(self.model, self.processing_class, self.args.eval_sampling(),
+                                  self.args.per_device_eval_batch_size, self.vllm_generation)
+        summary = validate(sampler, self.reward_fn, self.eval_dataset, validation_dir(self.output_dir, "ei", step),
+                           chunk_size=self.args.eval_chunk_size, extra_summary={"ei_step": step}, state=self.state,
+                           pool=self.grading_pool if self.state.is_main_process else None,
+                           desc=f"validation (EI step {step})").summary
+        return validation_metrics(summary)
 
     # ----- saving, resuming, pushing ---------------------------------------------------------------
 
@@ -375,7 +364,7 @@ class ExpertIterationTrainer:
 
     def _rewrite_metrics(self) -> None:
         """The plot-ready log (`trl-math plot` reads it): one line per completed EI step, from self.log."""
-        write_metrics(self.output_dir / METRICS_FILE, self.log)
+        write_jsonl_atomic(self.output_dir / METRICS_FILE, self.log)
 
     @staticmethod
     def _write_jsonl(path: Path, rows: list[dict]) -> None:

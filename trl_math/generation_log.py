@@ -1,7 +1,6 @@
 """In-the-loop logging of generations (the assignment's log_generations) and its Trainer callback.
 
-`log_generations` samples responses for some prompts (vLLM engine or transformers' generate, as the
-evaluation does), grades them, and measures each response's mean token entropy under the model. Per
+`log_generations` samples responses for some prompts (through a `Sampler`, as the evaluation does), grades them, and measures each response's mean token entropy under the model. Per
 example: prompt, response, ground truth, format / answer / total reward, response length in tokens,
 mean token entropy. Aggregates: mean response length overall, of correct (reward 1) and of incorrect
 responses, mean token entropy, accuracy.
@@ -21,9 +20,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .evaluation import EvalSampling, JsonlWriter, RewardFn, generate_transformers, generate_vllm, grade
+from .files import JsonlWriter
+from .grading.reward_pool import RewardFn, grade
 from .logprobs import get_response_log_probs, tokenize_prompt_and_output
 from .losses import masked_mean
+from .sampling import Sampler, SamplingConfig, trainer_sampler
 
 
 @dataclass
@@ -59,21 +60,18 @@ def log_generations(
     prompts: Sequence[str],
     ground_truths: Sequence[str],
     reward_fn: RewardFn,
-    sampling: EvalSampling | None = None,
-    vllm_model=None,
+    sampler: Sampler | None = None,
     batch_size: int = 8,
     pool=None,
 ) -> GenerationLog:
-    """Generate for `prompts` (with `vllm_model` if given, else `model.generate`), grade, measure entropy.
+    """Sample a response for each of `prompts` (with `sampler`; None: `model.generate` with the assignment's
+    sampling), grade it, measure its entropy under `model`.
 
-    `model` scores the entropies in both cases: with vLLM it must hold the weights the engine generated with.
-    `pool`: a batch grader to reuse (see evaluation.grading_pool); None starts one for this call.
+    `model` scores the entropies: with a vLLM sampler it must hold the weights the engine generated with.
+    `pool`: a batch grader to reuse (see grading.reward_pool.grading_pool); None starts one for this call.
     """
-    sampling = sampling or EvalSampling()
-    if vllm_model is not None:
-        completions = generate_vllm(vllm_model, prompts, sampling.to_vllm())
-    else:
-        completions = generate_transformers(model, tokenizer, prompts, sampling, batch_size)
+    sampler = sampler or trainer_sampler(model, tokenizer, SamplingConfig(), batch_size)
+    completions = [group[0] for group in sampler.sample(prompts)]
     responses = [c.text for c in completions]
     rewards = grade(reward_fn, responses, [str(t) for t in ground_truths], pool)
     entropies = response_entropies(model, tokenizer, prompts, responses, batch_size)
@@ -106,8 +104,9 @@ def log_generations(
 class LogGenerationsCallback(TrainerCallback):
     """At each evaluation, `log_generations` on the first `num_examples` validation problems (see module doc).
 
-    Uses the trainer's vLLM engine when it has one (MathSFTTrainer syncs it before evaluating), its batch
-    grader (`trainer.grading_pool`) and its validation sampling (`args.eval_sampling()`) when it has them.
+    Samples like the trainer's validation (`trainer.validation_sampler`, whose vLLM engine MathSFTTrainer
+    synced before evaluating) and grades with its batch grader (`trainer.grading_pool`), on the main process
+    (a handful of problems: the others wait).
     """
 
     def __init__(self, trainer, reward_fn: RewardFn, num_examples: int = 4, problems=None):
@@ -122,8 +121,6 @@ class LogGenerationsCallback(TrainerCallback):
         from trl.models.utils import unwrap_model_for_generation
 
         trainer = self.trainer
-        vllm_generation = getattr(trainer, "vllm_generation", None)
-        sampling = args.eval_sampling() if hasattr(args, "eval_sampling") else EvalSampling()
         log = None
         with unwrap_model_for_generation(
             trainer.model_wrapped, trainer.accelerator, gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs
@@ -135,10 +132,9 @@ class LogGenerationsCallback(TrainerCallback):
                     self.problems["prompt"],
                     self.problems["ground_truth"],
                     self.reward_fn,
-                    sampling,
-                    vllm_model=None if vllm_generation is None else vllm_generation.llm,
+                    trainer.validation_sampler(model),
                     batch_size=args.per_device_eval_batch_size,
-                    pool=getattr(trainer, "grading_pool", None),
+                    pool=trainer.grading_pool,
                 )
         log = broadcast_object_list([log], from_process=0)[0]
         if trainer.accelerator.is_main_process:
@@ -151,3 +147,4 @@ class LogGenerationsCallback(TrainerCallback):
 
                 wandb.log({"generations": wandb.Table(dataframe=pd.DataFrame(log.rows))})
         trainer.log({f"generations/{key}": value for key, value in log.aggregates.items()})
+

@@ -129,6 +129,13 @@ class MathGRPOConfig(GRPOConfig):
             "(the leaderboard's 4 hours). None: no budget."
         },
     )
+    eval_rollout_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "Validate every N rollout batches: sets eval_steps to N x the optimizer steps of a rollout batch, so "
+            "on- and off-policy runs validate equally often (and plot against `rollout_batch`). None: eval_steps rules."
+        },
+    )
     log_rollouts: bool = field(
         default=False,
         metadata={
@@ -159,18 +166,32 @@ class MathGRPOConfig(GRPOConfig):
         default=True, metadata={"help": "Disable dropout, so that old and current log-probs agree on-policy."}
     )
     num_generations_eval: int | None = field(
-        default=1, metadata={"help": "Completions per validation problem (validation accuracy: 1)."}
+        default=1, metadata={"help": "Completions per validation problem: validation accuracy samples 1 (fixed)."}
     )
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Validation problems per generation call."})
+    per_device_eval_batch_size: int = field(
+        default=32, metadata={"help": "Validation problems each process samples per generation call."}
+    )
     log_completions: bool = field(
         default=True, metadata={"help": "Log a sample of (prompt, completion, reward) rows, in training and validation."}
     )
     num_completions_to_print: int | None = field(default=4, metadata={"help": "Completions printed per log."})
 
+    @property
+    def steps_per_rollout_batch(self) -> int:
+        """Optimizer steps per rollout batch: rollout_batch_size / train_batch_size x epochs_per_rollout_batch."""
+        return self.rollout_batch_size // self.train_batch_size * self.epochs_per_rollout_batch
+
     def __post_init__(self):
         self._check_assignment_fields()
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self._map_derived_fields(world_size)
+        if self.eval_rollout_batches is not None:
+            steps = self.eval_rollout_batches * self.steps_per_rollout_batch
+            if self.eval_steps is not None and self.eval_steps != steps:
+                raise ValueError(f"MathGRPOConfig: eval_steps, eval_rollout_batches: eval_steps ({self.eval_steps}) "
+                                 f"differs from eval_rollout_batches x {self.steps_per_rollout_batch} optimizer steps "
+                                 f"per rollout batch ({steps}); set one of them")
+            self.eval_steps = steps
         if self.normalize_constant is None:
             self.normalize_constant = float(self.max_completion_length)
         self.generation_kwargs = self._generation_kwargs()
@@ -218,7 +239,7 @@ class MathGRPOConfig(GRPOConfig):
         if self.max_completion_length is None or self.max_completion_length < self.min_new_tokens:
             fail("max_completion_length, min_new_tokens",
                  f"max_completion_length ({self.max_completion_length}) must be >= min_new_tokens ({self.min_new_tokens})")
-        steps_per_rollout_batch = self.rollout_batch_size // self.train_batch_size * self.epochs_per_rollout_batch
+        steps_per_rollout_batch = self.steps_per_rollout_batch
         if getattr(self.save_strategy, "value", self.save_strategy) == "steps" and self.save_steps >= 1 and \
                 self.save_steps % steps_per_rollout_batch:
             warnings.warn(
@@ -226,6 +247,11 @@ class MathGRPOConfig(GRPOConfig):
                 "optimizer steps of a rollout batch (rollout_batch_size / train_batch_size x epochs_per_rollout_batch): "
                 "TRL regenerates rollouts on resume, so a run resumed from such a checkpoint finishes that rollout "
                 "batch's steps on fresh rollouts and differs from an uninterrupted run", stacklevel=3)
+        if self.eval_rollout_batches is not None and self.eval_rollout_batches < 1:
+            fail("eval_rollout_batches", f"must be a positive integer or None, got {self.eval_rollout_batches}")
+        if self.num_generations_eval != 1:
+            fail("num_generations_eval", f"validation accuracy samples one completion per problem; got "
+                 f"{self.num_generations_eval}")
         if self.max_train_hours is not None and not self.max_train_hours > 0:
             fail("max_train_hours", f"must be > 0, got {self.max_train_hours}")
         for name, off in _UNSUPPORTED_LOSS_OPTIONS.items():

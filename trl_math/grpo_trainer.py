@@ -1,16 +1,24 @@
-"""MathGRPOTrainer: TRL's GRPOTrainer with the assignment's advantages and loss, nothing else.
+"""MathGRPOTrainer: TRL's GRPOTrainer with the assignment's advantages, loss and validation, nothing else.
 
 Overridden hooks, each calling TRL for everything it does not change:
 
+- `_generate_single_turn` cuts transformers-generate completions after the stop string, as vLLM stops;
+- `_generate` hands the reward functions each completion's text cut right after the stop string, exactly
+  vLLM's `text` with include_stop_str_in_output=True (TRL decodes the token ids, and the token that
+  completes "</answer>" may carry more text: Qwen's ">." ends "</answer>."). The loss still covers that
+  whole last token, which the policy sampled;
 - `_calculate_rewards` keeps the rewards TRL gathered from all processes, so that
 - `_generate_and_score_completions` can replace TRL's advantages with `normalize_group_rewards` on whole
   groups of the gathered rewards (the assignment's compute_group_normalized_rewards), slice back this
   process's rows, and carry the raw rewards to the loss (no_baseline needs them);
-- `_generate_single_turn` cuts transformers-generate completions after the stop string (vLLM stops itself);
 - `_compute_loss` is the assignment's loss: per-token loss from `compute_policy_gradient_loss`, reduced by
   masked_mean or masked_normalize per example, averaged over the micro-batch, divided by the number of
   micro-batches, so the update does not depend on how a train batch is cut into micro-batches;
-- `prediction_step`: validation only generates and scores (its metrics); there is no loss to take.
+- `evaluate` is validation accuracy (trl_math.validation), not TRL's evaluation loop: one completion per
+  validation problem, sampled by the trainer's own generation (`GRPOGenerationSampler`: vLLM colocate or
+  server, or transformers, with the policy's current weights), each problem once however many processes,
+  graded with the course's reward for the prompt (`validation_reward_fn`) whatever reward trains, and
+  averaged over problems. No policy forward pass is spent on validation.
 
 Old log-probs are TRL's: computed once per rollout batch, without gradient, when the rollout batch is
 reused (off-policy); on-policy they equal the detached current log-probs, which is what TRL passes.
@@ -18,36 +26,58 @@ reused (off-policy); on-policy they equal the detached current log-probs, which 
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import sys
 
 import torch
 from trl import GRPOTrainer
 
 from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
+from .evaluation import EvaluationMismatch
+from .files import JsonlWriter
+from .grading import r1_zero_reward_fn
+from .grading.reward_pool import grading_pool
 from .grpo_config import MathGRPOConfig
 from .losses import aggregate_per_token_loss, compute_policy_gradient_loss
 from .model_card import AssignmentModelCardMixin
 from .run_log import MetricsLogCallback
-from .stopping import find_stop
+from .sampling import Completion, Sampler, completion_from_token_ids
+from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 
-def truncate_at_stop_string(completion_ids: list[int], tokenizer, stop: str, min_tokens: int = 0) -> list[int]:
-    """The completion up to and including the token that completes the first `stop` (as vLLM's stop=[...],
-    include_stop_str_in_output=True): an occurrence completed before `min_tokens` tokens does not stop it."""
-    match = find_stop(completion_ids, tokenizer, [stop], min_tokens)
-    return list(completion_ids if match is None else completion_ids[: match.tokens])
+class GRPOGenerationSampler(Sampler):
+    """MathGRPOTrainer's own generation as a `Sampler`: TRL's vLLM (colocate or server; weights synced when the
+    step changed) or transformers path, with the rollouts' sampling settings (temperature, top_p,
+    max_completion_length, stop string, min_new_tokens). Unseeded: `request_ids` are not used.
+
+    Every process must call it together (TRL's server mode gathers the prompts of all processes)."""
+
+    def __init__(self, trainer: "MathGRPOTrainer"):
+        self.trainer = trainer
+
+    def sample(self, prompts, n=1, request_ids=None):
+        trainer = self.trainer
+        prompt_ids, images, multimodal_fields = trainer._tokenize_prompts([p for p in prompts for _ in range(n)])
+        completion_ids, _ = trainer._generate_single_turn(prompt_ids, images, multimodal_fields, n)
+        completions = [trainer.completion(ids) for ids in completion_ids]
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
-    """GRPO with the assignment's group-normalized advantages and policy-gradient losses (see the module doc)."""
+    """GRPO with the assignment's group-normalized advantages, policy-gradient losses and validation (module doc).
+
+    `validation_reward_fn(response, ground_truth)`: the course's reward of the prompt (r1_zero_reward_fn, or
+    question_only_reward_fn for the question_only prompt); validation grades with it, whatever `reward_funcs`
+    train on.
+    """
 
     _tag_names = ["trl", "grpo", "trl-math"]
     _name = "MathGRPO"
     assignment_problem = "grpo_train_loop (GRPO experiments)"
 
-    def __init__(self, model, reward_funcs, args: MathGRPOConfig, **kwargs):
+    def __init__(self, model, reward_funcs, args: MathGRPOConfig, validation_reward_fn=r1_zero_reward_fn, **kwargs):
         if not isinstance(args, MathGRPOConfig):
             raise TypeError(f"MathGRPOTrainer needs a MathGRPOConfig, got {type(args).__name__}")
         if args.reward_weights is None:  # e.g. make_trl_reward_funcs: answer 1.0, format 0.0 (logged only)
@@ -57,31 +87,47 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         # MathGRPOConfig.train_batch_size (the assignment's: rollouts per optimizer step over all processes)
         # shadows TrainingArguments.train_batch_size (per device), which Trainer copied: restore the latter.
         self._train_batch_size = args.per_device_train_batch_size * max(1, args.n_gpu)
+        self.validation_reward_fn = validation_reward_fn
+        self._grading_pool = None
         if args.max_train_hours is not None:
             self.add_callback(WallClockBudgetCallback(args.max_train_hours))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
+        if self.eval_dataset is not None and self.accelerator.is_main_process:
+            write_validation_problems(self.eval_dataset, args.output_dir)
 
     # ----------------------------------------------------------------------------------------- rollouts
+    def completion(self, ids: list[int]) -> Completion:
+        """A generated completion as vLLM reports it (trl_math.sampling), under this run's stop string."""
+        stops = [] if self.args.stop_string is None else [self.args.stop_string]
+        return completion_from_token_ids(ids, self._tokenizer, stops, self.args.min_new_tokens, True, self.eos_token_ids)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         completion_ids, logprobs = super()._generate_single_turn(
             prompt_ids, images, multimodal_fields, num_generations, has_tool_images
         )
-        if not self.use_vllm and self.args.stop_string is not None:
-            completion_ids = [
-                truncate_at_stop_string(ids, self._tokenizer, self.args.stop_string, self.args.min_new_tokens)
-                for ids in completion_ids
-            ]
+        # transformers' generate ran to EOS or the length limit: end each completion where vLLM would have
+        # stopped (vLLM's completions already end there, and are left as they are).
+        completion_ids = [self.completion(ids).token_ids for ids in completion_ids]
+        if logprobs is not None:
+            logprobs = [values[: len(ids)] for values, ids in zip(logprobs, completion_ids)]
         return completion_ids, logprobs
+
+    def _generate(self, prompts):
+        prompt_ids, completion_ids, tool_mask, completions, *rest = super()._generate(prompts)
+        if not self.tools:  # the reward functions grade vLLM's text: cut right after the stop string
+            texts = [self.completion(ids).text for ids in completion_ids]
+            completions = [[{**c[-1], "content": t}] if isinstance(c, list) else t for c, t in zip(completions, texts)]
+        return (prompt_ids, completion_ids, tool_mask, completions, *rest)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func  # (all processes' completions, reward functions)
+        self._graded_completions = completions  # this process's texts, as the reward functions saw them
         return rewards_per_func
 
     # --------------------------------------------------------------------------------------- advantages
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
         rewards_per_func = self._gathered_rewards_per_func
         unscored = torch.isnan(rewards_per_func).all(dim=1)
         if unscored.any():
@@ -93,46 +139,40 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         num_local = output["completion_ids"].size(0)
         local = slice(self.accelerator.process_index * num_local, (self.accelerator.process_index + 1) * num_local)
         output["raw_rewards"] = rewards[local]
-        if mode == "train":
-            advantages = normalize_group_rewards(
-                rewards, self.num_generations, self.args.advantage_eps, self.args.use_std_normalization
-            )
-            output["advantages"] = advantages[local]
-            logged = self._logs["advantages"]  # TRL logged its own advantages for the completions table
-            for _ in range(min(len(logged), len(advantages))):
-                logged.pop()
-            logged.extend(advantages.tolist())
-        self._log_response_lengths(mode, output["completion_mask"], rewards)
+        advantages = normalize_group_rewards(
+            rewards, self.num_generations, self.args.advantage_eps, self.args.use_std_normalization
+        )
+        output["advantages"] = advantages[local]
+        logged = self._logs["advantages"]  # TRL logged its own advantages for the completions table
+        for _ in range(min(len(logged), len(advantages))):
+            logged.pop()
+        logged.extend(advantages.tolist())
+        self._log_response_lengths(output["completion_mask"], rewards)
         if self.args.log_rollouts:
-            self._write_rollouts(mode, inputs, output, local)
+            self._write_rollouts(inputs, output, local)
         return output
 
-    def _log_response_lengths(self, mode, completion_mask, rewards):
+    def _log_response_lengths(self, completion_mask, rewards):
         """Mean response length of correct (reward > 0) and incorrect completions, over all processes."""
         lengths = self.accelerator.gather(completion_mask.sum(dim=1)).float()
         correct = rewards > 0
         for name, selected in (("correct", correct), ("incorrect", ~correct)):
             value = lengths[selected].mean().item() if selected.any() else float("nan")
-            self._metrics[mode][f"completions/mean_length_{name}"].append(value)
+            self._metrics["train"][f"completions/mean_length_{name}"].append(value)
 
-    def _write_rollouts(self, mode, inputs, output, local):
-        completions = self.processing_class.batch_decode(
-            [ids[mask.bool()] for ids, mask in zip(output["completion_ids"], output["completion_mask"])]
-        )
+    def _write_rollouts(self, inputs, output, local):
+        """Append this process's rollouts (the graded text, reward, advantage) to rollouts/rank<k>.jsonl."""
         path = os.path.join(self.args.output_dir, "rollouts", f"rank{self.accelerator.process_index}.jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            for offset, (example, completion) in enumerate(zip(inputs, completions)):
-                row = {
-                    "mode": mode,
+        with JsonlWriter(path, append=True) as writer:
+            for offset, (example, completion) in enumerate(zip(inputs, self._graded_completions, strict=True)):
+                writer.write({
                     "step": self.state.global_step,
                     "index": local.start + offset,
                     "prompt": example["prompt"],
                     "completion": completion,
                     "reward": output["raw_rewards"][offset].item(),
                     "advantage": output["advantages"][offset].item(),
-                }
-                handle.write(json.dumps(row) + "\n")
+                })
 
     # --------------------------------------------------------------------------------------------- loss
     def _compute_loss(self, model, inputs):
@@ -152,7 +192,7 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
             old_log_probs=log_probs.detach() if old_log_probs is None else old_log_probs,
             cliprange=self.args.cliprange,
         )
-        if self.use_vllm and self.vllm_importance_sampling_correction:  # TRL's opt-in extra
+        if "importance_sampling_ratio" in inputs:  # TRL's opt-in vllm_importance_sampling_correction
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
         # A row without response tokens (possible only with TRL's masking options) would be 0/0 under
         # masked_mean: it contributes a zero loss instead, still counting in the batch mean.
@@ -165,15 +205,13 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         loss = aggregate_per_token_loss(
             per_token_loss, loss_mask, self.args.length_normalization, self.args.normalize_constant
         )
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
+        metrics = self._metrics["train"]
+        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
         if "clipped" in metadata:
-            self._metrics[mode]["clip_fraction"].append(self._global_masked_mean(metadata["clipped"].float(), mask))
+            metrics["clip_fraction"].append(self._global_masked_mean(metadata["clipped"].float(), mask))
         if "ratio" in metadata:
-            self._metrics[mode]["ratio/mean"].append(self._global_masked_mean(metadata["ratio"], mask))
-        if mode == "train":  # one optimizer step sums the equal-sized micro-batches' losses
-            loss = loss / self.current_gradient_accumulation_steps
-        return loss
+            metrics["ratio/mean"].append(self._global_masked_mean(metadata["ratio"], mask))
+        return loss / self.current_gradient_accumulation_steps  # an optimizer step sums equal-sized micro-batches
 
     def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
         """Mean of `values` over the masked tokens of all processes."""
@@ -181,7 +219,68 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         totals = self.accelerator.reduce(totals, reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
-        """Validation generates and scores completions (logged as eval metrics); it computes no loss."""
-        self._prepare_inputs(inputs)
-        return None, None, None
+    # ---------------------------------------------------------------------------------------- validation
+    @property
+    def grading_pool(self):
+        """The validation grader (worker processes started on first use, on the main process)."""
+        if self._grading_pool is None:
+            self._grading_pool = grading_pool(self.validation_reward_fn)
+        return self._grading_pool
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, plus `rollout_batch` (rollout batches trained so far), the x-axis that compares on- and
+        off-policy runs."""
+        super().log({**logs, "rollout_batch": self.state.global_step / self.args.steps_per_rollout_batch}, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Validation accuracy of the current policy (module doc); logs and returns `<prefix>_answer_accuracy`...
+
+        Files: <output_dir>/eval/<prefix>-step<N>/ (or <output_dir>/final_eval/ for prefix "final_eval", which a
+        relaunch resumes when the policy is the same) with generations.jsonl and summary.json.
+        """
+        from transformers import Trainer
+
+        problems = self.eval_dataset if eval_dataset is None else eval_dataset
+        if problems is None or isinstance(problems, dict):
+            raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
+        step, training = self.state.global_step, self.model.training
+        final = metric_key_prefix == "final_eval"
+        self.model.eval()
+        options = {
+            "chunk_size": self.args.per_device_eval_batch_size * self.accelerator.num_processes,
+            "extra_summary": {"step": step},
+            "pool": self.grading_pool if self.accelerator.is_main_process else None,
+            "desc": f"{metric_key_prefix} (step {step})",
+        }
+        output_dir = validation_dir(self.args.output_dir, metric_key_prefix, step)
+        fingerprint = {"step": step, "policy": self._policy_fingerprint()} if final else None
+        try:
+            result = validate(GRPOGenerationSampler(self), self.validation_reward_fn, problems, output_dir,
+                              resume=final, fingerprint=fingerprint, **options)
+        except EvaluationMismatch as mismatch:  # another policy's partial final validation: start it over
+            print(f"{metric_key_prefix}: starting over ({mismatch})", file=sys.stderr)
+            result = validate(GRPOGenerationSampler(self), self.validation_reward_fn, problems, output_dir,
+                              fingerprint=fingerprint, **options)
+        self.model.train(training)
+        metrics = {**validation_metrics(result.summary, metric_key_prefix),
+                   "rollout_batch": step / self.args.steps_per_rollout_batch}
+        # Trainer's log, not GRPOTrainer's: TRL's eval-mode metric buffers and completion tables hold training data.
+        Trainer.log(self, metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _policy_fingerprint(self) -> str:
+        """A hash of the policy's weights (gathered from every process), to tell whether a partial final
+        validation was of this policy."""
+        from accelerate.utils import broadcast_object_list
+
+        state_dict = self.accelerator.get_state_dict(self.model)
+        digest = None
+        if self.accelerator.is_main_process:
+            sha = hashlib.sha256()
+            for name in sorted(state_dict):
+                tensor = state_dict[name].detach().cpu().contiguous()
+                sha.update(name.encode())
+                sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest = sha.hexdigest()
+        return broadcast_object_list([digest], from_process=0)[0]

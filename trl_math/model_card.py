@@ -14,7 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .run_log import METRICS_FILE, read_metrics
+from .files import read_jsonl
+from .run_log import METRICS_FILE
 
 # Keys that hold validation accuracy, in order of preference.
 VALIDATION_KEYS = ("eval_answer_accuracy", "eval_format_accuracy", "eval_answer_reward", "eval_reward", "eval_accuracy", "eval_format_reward")
@@ -96,7 +97,7 @@ class AssignmentModelCardMixin:
         records = list(self.state.log_history)
         metrics = Path(self.args.output_dir) / METRICS_FILE
         if metrics.exists():
-            records += read_metrics(metrics)
+            records += read_jsonl(metrics)
         section = render_model_card(
             problem=self.assignment_problem,
             base_model=getattr(self.model.config, "_name_or_path", None),

@@ -1,6 +1,10 @@
-"""Validation curves of one or several runs, against optimizer step and against wall-clock time.
+"""Validation curves of one or several runs, against optimizer step (or rollout batch) and wall-clock time.
 
-The assignment's deliverables are such curves (learning-rate sweep, baselines, off-policy sweep...).
+The assignment's deliverables are such curves (learning-rate sweep, baselines, off-policy sweep...). GRPO,
+SFT and expert iteration all log validation accuracy as `eval_answer_accuracy`, so their runs share a
+figure. A GRPO run's final full validation (`final_eval_answer_accuracy`, every validation problem) is
+drawn apart, as a star, not as a point of the periodic curve. `x="rollout_batch"` puts on- and
+off-policy GRPO runs on one axis (GRPO logs `rollout_batch`).
 Runs are output directories: `metrics.jsonl` (written by MetricsLogCallback, with wall-clock time)
 is preferred; TRL's `trainer_state.json` is the fallback and gives the step axis only.
 """
@@ -10,17 +14,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .run_log import METRICS_FILE, read_metrics
+from .files import read_jsonl
+from .run_log import METRICS_FILE
 
 # Validation metrics in order of preference when none is named.
 DEFAULT_METRICS = ("eval_answer_accuracy", "eval_answer_reward", "eval_reward", "eval_accuracy")
+X_AXES = {"step": "optimizer step", "rollout_batch": "rollout batch (GRPO)"}
 
 
 def load_run(run_dir: str | Path) -> list[dict]:
     """All logged records of a run directory (see module docstring)."""
     run_dir = Path(run_dir)
     if (run_dir / METRICS_FILE).exists():
-        return read_metrics(run_dir / METRICS_FILE)
+        return read_jsonl(run_dir / METRICS_FILE)
     states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
     state_file = run_dir / "trainer_state.json"
     if not state_file.exists() and states:
@@ -43,28 +49,44 @@ def pick_metric(runs: dict[str, list[dict]], metric: str | None) -> str:
     raise ValueError(f"no validation metric found (tried {DEFAULT_METRICS}); name one with --metric: {eval_keys}")
 
 
-def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None = None, labels: list[str] | None = None) -> Path:
-    """Draw `metric` of each run against step and (where known) wall-clock minutes into a PNG."""
+def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None = None, labels: list[str] | None = None,
+              x: str = "step") -> Path:
+    """Draw `metric` of each run against `x` ("step" or "rollout_batch") and, where known, wall-clock minutes
+    into a PNG; the final full validation (`final_<metric>`) is a star of the run's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if x not in X_AXES:
+        raise ValueError(f"x axis {x!r} is not one of {sorted(X_AXES)}")
     labels = labels or [Path(d).name for d in run_dirs]
     runs = {label: load_run(d) for label, d in zip(labels, run_dirs)}
     metric = pick_metric(runs, metric)
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    final_metric = f"final_{metric}"
+    fig, (by_x, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, records in runs.items():
-        points = [r for r in records if metric in r and "step" in r]
-        if not points:
+        points = [r for r in records if metric in r and x in r]
+        finals = [r for r in records if final_metric in r and x in r]
+        if x == "rollout_batch" and any(metric in r for r in records) and not points:
+            raise ValueError(f"run {label!r} logged no rollout_batch (only GRPO runs do): plot it with x='step'")
+        if not points and not finals:
             continue
-        by_step.plot([r["step"] for r in points], [r[metric] for r in points], marker="o", ms=3, label=label)
+        line, = by_x.plot([r[x] for r in points], [r[metric] for r in points], marker="o", ms=3, label=label)
         timed = [r for r in points if "wall_time_s" in r]
         if timed:
-            by_time.plot([r["wall_time_s"] / 60 for r in timed], [r[metric] for r in timed], marker="o", ms=3, label=label)
-    by_step.set_xlabel("optimizer step")
+            by_time.plot([r["wall_time_s"] / 60 for r in timed], [r[metric] for r in timed], marker="o", ms=3,
+                         label=label, color=line.get_color())
+        for r in finals:
+            n = r.get("final_eval_n")
+            star = {"marker": "*", "s": 160, "color": line.get_color(), "edgecolors": "black", "zorder": 3,
+                    "label": f"{label}: final validation" + (f" ({n} problems)" if n else "")}
+            by_x.scatter([r[x]], [r[final_metric]], **star)
+            if "wall_time_s" in r:
+                by_time.scatter([r["wall_time_s"] / 60], [r[final_metric]], **star)
+    by_x.set_xlabel(X_AXES[x])
     by_time.set_xlabel("wall-clock minutes")
-    for ax in (by_step, by_time):
+    for ax in (by_x, by_time):
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -7,13 +7,13 @@ can draw validation reward against wall-clock time as well as against step.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from .files import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -50,10 +50,11 @@ class MetricsLogCallback(TrainerCallback):
         self._trimmed = True
         if not self.path.exists():
             return
-        records = read_metrics(self.path)
+        drop_torn_tail(self.path)  # a run killed mid-line: appending continues whole lines
+        records = read_jsonl(self.path)
         kept = [r for r in records if r.get("step", 0) <= step]
         if len(kept) != len(records):
-            write_metrics(self.path, kept)
+            write_jsonl_atomic(self.path, kept)
         if kept:
             self.offset_s = float(kept[-1].get("wall_time_s", 0.0))
 
@@ -70,31 +71,5 @@ class MetricsLogCallback(TrainerCallback):
             self._trim_to(state.global_step)
         record = {"step": state.global_step, "wall_time_s": round(self.offset_s + self.clock() - self.start, 3)}
         record.update({k: _jsonable(v) for k, v in logs.items() if isinstance(v, (int, float, str, bool))})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def write_metrics(path: str | Path, records: list[dict]) -> None:
-    """Replace a metrics.jsonl with `records`, atomically (readers see the old file or the new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a run killed mid-write) is ignored."""
-    records = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON line") from None
-    return records
+        with JsonlWriter(self.path, append=True) as writer:
+            writer.write(record)

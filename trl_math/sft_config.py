@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .evaluation import EvalSampling
+from .sampling import SamplingConfig
 
 # TRL options whose code path MathSFTTrainer bypasses, with the only value it accepts.
 _UNSUPPORTED_TRL_OPTIONS = {
@@ -82,7 +82,8 @@ class MathSFTConfig(SFTConfig):
     )
     eval_chunk_size: int = field(
         default=512,
-        metadata={"help": "Validation prompts sent to vLLM per call (results reach the disk after each chunk)."},
+        metadata={"help": "Validation problems sampled per round, over all processes (their records reach the disk "
+                  "after each round)."},
     )
 
     # vLLM for validation (TRL's colocate backend; weights synced before each evaluation)
@@ -145,9 +146,9 @@ class MathSFTConfig(SFTConfig):
         self.dataset_kwargs = {**(user or {}), "skip_prepare_dataset": True}
         super().__post_init__()
 
-    def eval_sampling(self) -> EvalSampling:
-        """The validation sampling as EvalSampling (vLLM SamplingParams' field names)."""
-        return EvalSampling(
+    def eval_sampling(self) -> SamplingConfig:
+        """The validation sampling (vLLM SamplingParams' field names)."""
+        return SamplingConfig(
             temperature=self.eval_temperature,
             top_p=self.eval_top_p,
             max_tokens=self.eval_max_tokens,

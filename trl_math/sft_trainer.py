@@ -10,9 +10,10 @@ resume, PEFT, DeepSpeed/FSDP, Hub):
   gradient_accumulation_steps (`loss_is_scaled_for_ga = True`: Trainer adds no scaling of its own, also
   not in the last, shorter accumulation window of an epoch). Log-probs come from TRL's fused LM head
   (no full logits);
-- `evaluate` is validation accuracy: the math_baseline evaluation of the current policy on the validation
-  problems (`eval_dataset`: prompt, ground_truth), on vLLM (TRL's colocate backend, whose `sync_weights`
-  loads the policy into the engine first, PEFT and ZeRO-3 included) or on transformers' generate.
+- `evaluate` is validation accuracy (trl_math.validation): the math_baseline evaluation of the current policy
+  on the validation problems (`eval_dataset`: prompt, ground_truth), graded with `reward_fn`, on vLLM
+  (TRL's colocate backend, whose `sync_weights` loads the policy into the engine first, PEFT and ZeRO-3
+  included) or on transformers' generate; every process samples a share of the problems.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list
 from trl import SFTTrainer
 
-from .evaluation import evaluate_transformers, evaluate_vllm, grading_pool, write_json_atomic
+from .files import write_json_atomic
 from .generation_log import LogGenerationsCallback
 from .grading import r1_zero_reward_fn
+from .grading.reward_pool import grading_pool
 from .losses import masked_normalize
 from .model_card import AssignmentModelCardMixin
 from .run_log import MetricsLogCallback
+from .sampling import Sampler, trainer_sampler
 from .sft_config import MathSFTConfig
 from .sft_data import SFTCollator, select_sft_examples
+from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 
 class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
@@ -90,6 +93,8 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
             self.add_callback(LogGenerationsCallback(self, reward_fn, args.num_logged_generations))
         if self.accelerator.is_main_process:
             write_json_atomic(Path(args.output_dir) / "sft_data.json", self.sft_data_stats)
+            if self.eval_dataset is not None:
+                write_validation_problems(self.eval_dataset, args.output_dir)
         if args.eval_strategy != "no":
             self._check_validation_supported()
         self.vllm_generation = None
@@ -140,8 +145,8 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _check_validation_supported(self) -> None:
-        """Validation generates on the main process alone while the others wait: that deadlocks when a
-        forward needs every process (FSDP, ZeRO-3) or when vLLM spans several processes (tensor parallel)."""
+        """Validation samples with each process's plain module or vLLM engine: that deadlocks when a forward needs
+        every process (FSDP, ZeRO-3) or when vLLM spans several processes (tensor parallel)."""
         sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         )
@@ -149,62 +154,38 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
             raise ValueError("eval_strategy: validation is not supported with sharded parameters (FSDP, DeepSpeed "
                              "ZeRO-3): train with accelerate_configs/ddp.yaml or zero2.yaml, or set eval_strategy: no")
         if self.args.use_vllm and self.args.vllm_tensor_parallel_size != 1:
-            raise ValueError("vllm_tensor_parallel_size: validation drives the main process's engine alone; use 1")
+            raise ValueError("vllm_tensor_parallel_size: validation drives each process's engine alone; use 1")
+
+    def validation_sampler(self, model) -> Sampler:
+        """How validation samples: the colocated vLLM engine (synced by `evaluate`) or `model.generate`."""
+        return trainer_sampler(model, self.processing_class, self.args.eval_sampling(),
+                               self.args.per_device_eval_batch_size, self.vllm_generation)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Validation accuracy of the current policy (math_baseline's evaluation); logs and returns its metrics.
+        """Validation accuracy of the current policy (trl_math.validation); logs and returns its metrics.
 
         Files: <output_dir>/eval/<metric_key_prefix>-step<N>/{generations.jsonl, summary.json}.
         """
+        from trl.models.utils import unwrap_model_for_generation
+
         self._check_validation_supported()
         problems = self.eval_dataset if eval_dataset is None else eval_dataset
         if problems is None or isinstance(problems, dict):
             raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
-        missing = {"prompt", "ground_truth"} - set(problems.column_names)
-        if missing:
-            raise ValueError(f"evaluate: the validation problems lack columns {sorted(missing)}")
         step = self.state.global_step
-        output_dir = Path(self.args.output_dir) / "eval" / f"{metric_key_prefix}-step{step:06d}"
-        common = {
-            "reward_fn": self.reward_fn,
-            "prompts": problems["prompt"],
-            "ground_truths": problems["ground_truth"],
-            "output_dir": output_dir,
-            "extra_summary": {"step": step},
-            "pool": self.grading_pool if self.accelerator.is_main_process else None,
-        }
-        sampling = self.args.eval_sampling()
         self.model.eval()
-        summary = None
         if self.vllm_generation is not None:
             self.vllm_generation.sync_weights()  # every process: gathering sharded weights is collective
-            if self.accelerator.is_main_process:
-                summary = evaluate_vllm(
-                    self.vllm_generation.llm,
-                    eval_sampling_params=sampling.to_vllm(),
-                    chunk_size=self.args.eval_chunk_size,
-                    **common,
-                ).summary
-        else:
-            from trl.models.utils import unwrap_model_for_generation
-
-            with unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
-            ) as unwrapped:
-                if self.accelerator.is_main_process:
-                    summary = evaluate_transformers(
-                        unwrapped,
-                        self.processing_class,
-                        sampling=sampling,
-                        batch_size=self.args.per_device_eval_batch_size,
-                        **common,
-                    ).summary
-        summary = broadcast_object_list([summary], from_process=0)[0]
-        metrics = {key: value for key, value in summary.items() if isinstance(value, (int, float)) and key != "step"}
-        metrics |= summary["categories"]
-        metrics |= {f"finish_{name}": count for name, count in summary["finish_reasons"].items()}
-        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+        ) as unwrapped:
+            summary = validate(
+                self.validation_sampler(unwrapped), self.reward_fn, problems,
+                validation_dir(self.args.output_dir, metric_key_prefix, step), chunk_size=self.args.eval_chunk_size,
+                extra_summary={"step": step}, pool=self.grading_pool if self.accelerator.is_main_process else None,
+                desc=f"validation (step {step})",
+            ).summary
+        metrics = validation_metrics(summary, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-

@@ -1,7 +1,7 @@
-"""Where a generated completion ends under vLLM's stop-string rule, for transformers-generate output.
+"""Where a generated completion ends under vLLM's stop-string rule, for token ids not cut by vLLM itself.
 
-`find_stop` is shared by the GRPO trainer (cuts rollouts after the stop string) and the evaluation (cuts
-responses the graders see): both need the fewest tokens whose decoded text holds an occurrence of a stop
+`find_stop` serves `sampling.completion_from_token_ids`, which every sampler and the GRPO trainer use to turn
+generated ids into vLLM's completion: the fewest tokens whose decoded text holds an occurrence of a stop
 string, skipping occurrences completed before `min_tokens` tokens (vLLM's min_tokens holds stops back).
 Text is decoded with skip_special_tokens=True, the text the graders see.
 """

@@ -99,13 +99,6 @@ def _fix_sqrt(string: str) -> str:
     return new_string
 
 
-def _int_or_none(s: str):
-    try:
-        return int(s)
-    except ValueError:
-        return None
-
-
 def _strip_string(string: str) -> str:
     string = string.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
     if "array" in string:

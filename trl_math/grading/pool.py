@@ -3,8 +3,9 @@
 Pure-Python work cannot be interrupted inside a thread, so the only hard bound on an
 arbitrary grading function is a process: each worker grades one item at a time; the parent
 waits on all workers at once and kills (then replaces) any worker whose item runs past
-``timeout`` seconds.  That item counts as wrong (answer 0, format from the format rule) and
-is counted in ``stats["timeouts"]``.  Our graders are bounded by construction (size limits),
+``timeout`` seconds.  That item counts as wrong (answer 0, format from the format rule), is
+marked ``"unscored": "timeout"`` and is counted in ``stats["timeouts"]`` (a grader exception:
+``"unscored": "error"``, ``stats["errors"]``).  Our graders are bounded by construction (size limits),
 so timeouts should stay at zero; the pool is the guarantee for everything else.
 
 Workers come from a ``forkserver`` by default (safe next to CUDA and threads, and cheap to
@@ -37,12 +38,14 @@ def grade_item(response: str, ground_truth: Any, prompt: str = "r1_zero",
     return fn(response, ground_truth, fast, mode=mode)
 
 
-def _timeout_result(response: str, prompt: str) -> dict[str, float]:
+def _unscored_result(response: str, prompt: str, reason: str) -> dict:
+    """The reward of an item the grader could not score (`reason`: "timeout" or "error"): answer 0, the
+    format rule's format reward, and `unscored` saying why."""
     if prompt == "r1_zero":
         fmt = 1.0 if has_r1_zero_format(response) else 0.0
     else:
         fmt = 1.0 if course_extract_answer(response) is not None else 0.0
-    return {"format_reward": fmt, "answer_reward": 0.0, "reward": 0.0}
+    return {"format_reward": fmt, "answer_reward": 0.0, "reward": 0.0, "unscored": reason}
 
 
 def _worker(conn, grade_fn: Callable[..., dict]) -> None:
@@ -178,8 +181,9 @@ class GradingPool:
                     self._replace(w)
                 busy.pop(w, None)
                 if res is None or "error" in res:
-                    self.stats["errors" if res else "timeouts"] += 1
-                    res = _timeout_result(items[idx][0], prompt)
+                    reason = "error" if res else "timeout"
+                    self.stats[reason + "s"] += 1
+                    res = _unscored_result(items[idx][0], prompt, reason)
                 results[idx] = res
                 dispatch(w)
             now = time.monotonic()
@@ -187,7 +191,7 @@ class GradingPool:
                 if now >= deadline:
                     busy.pop(w)
                     self.stats["timeouts"] += 1
-                    results[idx] = _timeout_result(items[idx][0], prompt)
+                    results[idx] = _unscored_result(items[idx][0], prompt, "timeout")
                     self._replace(w)
                     dispatch(w)
         self.stats["items"] += len(items)

@@ -12,7 +12,7 @@ rejected.  Every function returns ``{"format_reward", "answer_reward", "reward"}
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable
+from typing import Any
 
 from .course import grade_course
 from .extract import (
@@ -111,12 +111,3 @@ def accurate_reward_fn(response: str, ground_truth: Any, prompt: str = "r1_zero"
     if prompt == "question_only":
         return question_only_reward_fn(response, ground_truth, mode="accurate")
     raise ValueError(f"prompt must be 'r1_zero' or 'question_only', got {prompt!r}")
-
-
-def batch_rewards(
-    responses: Iterable[str], ground_truths: Iterable[Any], *, prompt: str = "r1_zero",
-    mode: str = "course", fast: bool = True,
-) -> list[dict[str, float]]:
-    """In-process batch grading (no pool); see ``GradingPool`` for the bounded version."""
-    fn = r1_zero_reward_fn if prompt == "r1_zero" else question_only_reward_fn
-    return [fn(r, gt, fast, mode=mode) for r, gt in zip(responses, ground_truths, strict=True)]
