@@ -1,13 +1,17 @@
-"""load_hh on small gzipped files in the HH format: single-turn pairs kept and split, multi-turn rows dropped."""
+"""load_hh on small gzipped files in the HH format: single-turn pairs kept and split, multi-turn rows dropped;
+recipes/look_at_hh.py over them."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from trl_math.supplement.hh import HH_SUBSETS, HHDataArguments, load_hh, split_single_turn
+from trl_math.supplement.hh import HH_SUBSETS, HHDataArguments, load_hh, sample_pairs, split_single_turn
 
 
 def conversation(*turns: str) -> str:
@@ -106,3 +110,23 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
     assert as_tuples(args.load(seed=0)[1]) == as_tuples(validation) != as_tuples(args.load(seed=1)[1])
     with pytest.raises(ValueError, match="validation_size"):
         HHDataArguments(hh_sources=[str(tmp_path / "hh")], validation_size=120).load(seed=0)
+
+
+def test_sample_pairs_draws_from_one_kind(hh_folder):
+    pairs = load_hh(hh_folder)
+    helpful = sample_pairs(pairs, "helpful", 3, seed=0)
+    assert len(helpful) == 3 and all(source.startswith("helpful-") for source in helpful["source"])
+    assert as_tuples(helpful) == as_tuples(sample_pairs(pairs, "helpful", 3, seed=0))
+    assert as_tuples(sample_pairs(pairs, "harmless", 1, seed=0)) == EXPECTED[:1]
+    with pytest.raises(ValueError, match="2 harmless pairs asked for, 1 available"):
+        sample_pairs(pairs, "harmless", 2, seed=0)
+
+
+def test_look_at_hh_prints_counts_and_pairs(hh_folder):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "look_at_hh.py")
+    run = subprocess.run([sys.executable, script, "--hh_sources", str(hh_folder), "--num_examples", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "5 single-turn pairs: {'harmless-base': 1, 'helpful-base': 2, 'helpful-online': 1, 'helpful-rejection-sampled': 1}" in run.stdout
+    assert "=== harmless 1 (harmless-base) ===" in run.stdout and "How do I pick a lock?" in run.stdout
+    assert run.stdout.count("=== helpful 1 (helpful-") == 1

@@ -46,6 +46,14 @@ class HHDataArguments:
         return split["train"], split["test"]
 
 
+def sample_pairs(pairs, kind: str, n: int, seed: int):
+    """`n` pairs drawn with `seed` from the sources whose name starts with `kind` ("helpful", "harmless")."""
+    of_kind = pairs.filter(lambda row: row["source"].startswith(kind))
+    if len(of_kind) < n:
+        raise ValueError(f"{n} {kind} pairs asked for, {len(of_kind)} available")
+    return of_kind.shuffle(seed=seed).select(range(n))
+
+
 def split_single_turn(conversation: str) -> tuple[str, str] | None:
     """(human message, assistant message) of a single-turn HH conversation; None for any other."""
     if not conversation.startswith(_HUMAN) or conversation.count(_HUMAN) != 1 or conversation.count(_ASSISTANT) != 1:
