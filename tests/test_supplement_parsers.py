@@ -1,8 +1,14 @@
-"""parse_mmlu_response and parse_gsm8k_response on outputs in the supplement's prompt formats."""
+"""parse_mmlu_response and parse_gsm8k_response on outputs in the supplement's prompt formats; the supplement's
+public names."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+
+import trl_math
 
 from trl_math.supplement.parsers import parse_gsm8k_response, parse_mmlu_response
 
@@ -83,3 +89,19 @@ def test_gsm8k_last_number(output, number):
 )
 def test_gsm8k_without_a_number_is_none(output):
     assert parse_gsm8k_response(output) is None
+
+
+SUPPLEMENT_NAMES = [
+    "parse_mmlu_response", "parse_gsm8k_response", "InstructionDataArguments", "PackedSFTDataset", "get_packed_sft_dataset",
+    "iterate_batches", "InstructionTuningConfig", "InstructionTuningTrainer", "HHDataArguments", "load_hh",
+    "compute_per_instance_dpo_loss", "AlpacaDPOConfig", "AlpacaDPOTrainer",
+]
+
+
+def test_supplement_names_are_public_and_the_parsers_light():
+    for name in SUPPLEMENT_NAMES:
+        assert name in trl_math.__all__ and getattr(trl_math, name).__module__.startswith("trl_math.supplement."), name
+    # The course's test adapters import the parsers without paying for trl and transformers.
+    probe = "import sys, trl_math; trl_math.parse_mmlu_response; print(sorted({'trl', 'transformers', 'torch'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "['torch']", run.stdout + run.stderr
