@@ -134,14 +134,20 @@ def test_the_hh_config_is_the_course_setup(tmp_path):
     parser = TrlParser((HHDataArguments, AlpacaDPOConfig, ModelConfig))
     hh, args, model = parser.parse_args_and_config([
         "--config", os.path.join(REPO, "recipes", "configs", "dpo", "hh.yaml"),
-        "--bf16", "false", "--use_cpu", "true", "--ref_model_device", "cpu", "--output_dir", str(tmp_path),
+        "--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path),
     ])
+    assert args.ref_model_device == "cuda:1"  # the course's layout; policy on cuda:0
     assert hh.hh_sources == ["data/hh"] and hh.validation_size == 200
     assert 200 % args.per_device_eval_batch_size == 0
     assert (args.optim, args.learning_rate, args.beta, args.max_length) == ("rmsprop", 1e-6, 0.1, None)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64 and args.num_train_epochs == 1
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_rewards/accuracies" and args.save_steps == args.eval_steps
     assert model.model_name_or_path == "runs/instruction-tuning-llama31-8b"
+    _, one_gpu, _ = parser.parse_args_and_config([
+        "--config", os.path.join(REPO, "recipes", "configs", "dpo", "hh.yaml"),
+        "--bf16", "false", "--use_cpu", "true", "--ref_model_device", "null", "--output_dir", str(tmp_path),
+    ])
+    assert one_gpu.ref_model_device is None
 
 
 def write_hh(folder, pairs_by_subset):

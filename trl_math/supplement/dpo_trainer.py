@@ -89,6 +89,8 @@ class AlpacaDPOConfig(DPOConfig):
                 raise ValueError(f"AlpacaDPOConfig: {name}: {getattr(self, name)!r} changes the course's DPO loss; leave it "
                                  f"at {accepted!r} (trl.DPOTrainer offers the other losses)")
         super().__post_init__()
+        if isinstance(self.ref_model_device, str) and self.ref_model_device.lower() in ("", "none", "null"):
+            self.ref_model_device = None  # the command line passes `--ref_model_device null` as a string
         if self.ref_model_device is not None and (self.world_size > 1 or self.deepspeed or self.fsdp):
             raise ValueError("ref_model_device: the two-device layout runs in one process, without DeepSpeed or FSDP; "
                              "launch with `python recipes/dpo.py` (or leave ref_model_device unset)")
