@@ -24,7 +24,9 @@ def load_alpaca_template() -> str:
     return text.removesuffix("\n")
 
 
+@cache
 def _template_parts() -> tuple[str, str]:
+    """(the template before {response}, after it)."""
     head, tail = load_alpaca_template().split(_RESPONSE)
     return head, tail
 
@@ -39,15 +41,11 @@ def format_alpaca(prompt: str, response: str) -> str:
     return alpaca_prompt(prompt) + response + _template_parts()[1]
 
 
-def encode_alpaca_documents(tokenizer, pairs: Iterable[tuple[str, str]], batch_size: int = 1024) -> list[list[int]]:
+def encode_alpaca_documents(tokenizer, pairs: Iterable[tuple[str, str]]) -> list[list[int]]:
     """Token ids of each (prompt, response) document: the tokenizer's special tokens around the formatted text
     (Llama 3: BOS first), then EOS, unless the tokenizer already ended the document with it."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"{type(tokenizer).__name__} has no EOS token: documents need one as their delimiter")
-    texts = [format_alpaca(prompt, response) for prompt, response in pairs]
-    documents = []
-    for start in range(0, len(texts), batch_size):
-        for ids in tokenizer(texts[start : start + batch_size])["input_ids"]:
-            documents.append(ids if ids and ids[-1] == eos else [*ids, eos])
-    return documents
+    encoded = tokenizer([format_alpaca(prompt, response) for prompt, response in pairs])["input_ids"]
+    return [ids if ids and ids[-1] == eos else [*ids, eos] for ids in encoded]

@@ -88,8 +88,11 @@ def load_instruction_examples(
 class PackedSFTDataset(torch.utils.data.Dataset):
     """The course's packed instruction-tuning Dataset (see the module doc): {input_ids, labels} of seq_length.
 
-    Indices run over range(len(self)); negative ones count from the end, like a sequence's; any other raises
-    IndexError, which also ends a plain `for example in dataset` loop after the last chunk.
+    `dataset_path`: a local JSONL or .jsonl.gz file of {prompt, response} rows (`prompt_field`, `response_field`),
+    or a Hub dataset id read with `split`. `shuffle`: documents in a random order drawn with `seed`, 0 unless
+    given, so that the course's four-argument call is reproducible. Indices run over range(len(self));
+    negative ones count from the end, like a sequence's; any other raises IndexError, which also ends a plain
+    `for example in dataset` loop after the last chunk.
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class PackedSFTDataset(torch.utils.data.Dataset):
             )
 
     def __len__(self) -> int:
-        return max(0, (len(self.tokens) - 1) // self.seq_length)
+        return (len(self.tokens) - 1) // self.seq_length
 
     def __getitem__(self, index) -> dict[str, torch.Tensor]:
         position = operator.index(index)
