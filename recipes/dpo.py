@@ -25,7 +25,8 @@ def main(hh_args: HHDataArguments, training_args: AlpacaDPOConfig, model_args: M
     apply_model_config(training_args, model_args)
     seed = training_args.seed if training_args.data_seed is None else training_args.data_seed
     train, validation = hh_args.load(seed)
-    print(f"DPO on {len(train)} HH pairs ({dict(sorted(Counter(train['source']).items()))}); {len(validation)} for validation")
+    sources = dict(sorted(Counter(train["source"]).items()))
+    print(f"DPO on {len(train)} HH pairs ({sources}); {len(validation)} for validation")
     trainer = AlpacaDPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

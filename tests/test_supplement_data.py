@@ -193,11 +193,12 @@ def test_iterate_batches_covers_every_chunk_once(llama_tokenizer, tmp_path):
         size = batch_size if k < len(batches) - 1 else n - batch_size * (len(batches) - 1)
         assert batch["input_ids"].shape == batch["labels"].shape == (size, 8)
         assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
-        seen += [tuple(i) + tuple(l) for i, l in zip(batch["input_ids"].tolist(), batch["labels"].tolist())]
+        seen += [tuple(ids) + tuple(labels) for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist())]
     assert sorted(seen) == chunks
 
     ordered = list(iterate_batches(dataset, batch_size, shuffle=False))
-    assert torch.equal(torch.cat([b["input_ids"] for b in ordered]), torch.stack([dataset[i]["input_ids"] for i in range(n)]))
+    in_order = torch.stack([dataset[i]["input_ids"] for i in range(n)])
+    assert torch.equal(torch.cat([b["input_ids"] for b in ordered]), in_order)
     first, again = (next(iter(iterate_batches(dataset, batch_size, shuffle=True, seed=3))) for _ in range(2))
     assert torch.equal(first["input_ids"], again["input_ids"])
 

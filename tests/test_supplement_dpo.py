@@ -52,8 +52,8 @@ def reference_dpo_loss(lm, lm_ref, tokenizer, beta, prompt, chosen, rejected) ->
 
 
 def test_per_instance_loss_is_the_course_formula(llama_tokenizer):
-    lm = build_tiny_qwen2(llama_tokenizer, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, seed=0)
-    lm_ref = build_tiny_qwen2(llama_tokenizer, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, seed=1)
+    size = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)  # vocabulary: 128k
+    lm, lm_ref = build_tiny_qwen2(llama_tokenizer, **size, seed=0), build_tiny_qwen2(llama_tokenizer, **size, seed=1)
     lm64, lm_ref64 = copy.deepcopy(lm).double(), copy.deepcopy(lm_ref).double()
     for pair, beta in zip(PAIRS, (0.5, 0.1, 2.0, 1.0)):
         args = (llama_tokenizer, beta, pair["instruction"], pair["chosen"], pair["rejected"])
@@ -92,7 +92,8 @@ def test_trainer_loss_and_gradients_are_the_mean_per_instance_loss(tiny_tokenize
     beta = 0.3
     expected_model = copy.deepcopy(policy)  # before the trainer patches the policy's forward
     expected = torch.stack([
-        compute_per_instance_dpo_loss(expected_model, reference, tiny_tokenizer, beta, p["instruction"], p["chosen"], p["rejected"])
+        compute_per_instance_dpo_loss(expected_model, reference, tiny_tokenizer, beta, p["instruction"], p["chosen"],
+                                      p["rejected"])
         for p in PAIRS
     ]).mean()
     expected.backward()
@@ -112,9 +113,10 @@ def test_trainer_loss_and_gradients_are_the_mean_per_instance_loss(tiny_tokenize
 
 def test_config_is_the_course_dpo_and_rejects_other_objectives(tmp_path):
     args = AlpacaDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True)
-    assert (args.optim, args.learning_rate, args.beta, args.loss_type, args.max_length) == ("rmsprop", 1e-6, 0.1, ["sigmoid"], None)
+    assert (args.optim, args.learning_rate, args.beta, args.loss_type) == ("rmsprop", 1e-6, 0.1, ["sigmoid"])
+    assert args.max_length is None
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64
-    assert (args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better) == (True, "eval_rewards/accuracies", True)
+    assert args.load_best_model_at_end and args.greater_is_better and args.metric_for_best_model == "eval_rewards/accuracies"
     for option, value in [("loss_type", "ipo"), ("ld_alpha", 0.5), ("use_weighting", True), ("label_smoothing", 0.1)]:
         with pytest.raises(ValueError, match=option):
             AlpacaDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, **{option: value})
@@ -141,7 +143,8 @@ def test_the_hh_config_is_the_course_setup(tmp_path):
     assert 200 % args.per_device_eval_batch_size == 0
     assert (args.optim, args.learning_rate, args.beta, args.max_length) == ("rmsprop", 1e-6, 0.1, None)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64 and args.num_train_epochs == 1
-    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_rewards/accuracies" and args.save_steps == args.eval_steps
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_rewards/accuracies"
+    assert args.save_steps == args.eval_steps
     assert model.model_name_or_path == "runs/instruction-tuning-llama31-8b"
     _, one_gpu, _ = parser.parse_args_and_config([
         "--config", os.path.join(REPO, "recipes", "configs", "dpo", "hh.yaml"),

@@ -127,6 +127,7 @@ def test_look_at_hh_prints_counts_and_pairs(hh_folder):
     run = subprocess.run([sys.executable, script, "--hh_sources", str(hh_folder), "--num_examples", "1"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "5 single-turn pairs: {'harmless-base': 1, 'helpful-base': 2, 'helpful-online': 1, 'helpful-rejection-sampled': 1}" in run.stdout
+    counts = "{'harmless-base': 1, 'helpful-base': 2, 'helpful-online': 1, 'helpful-rejection-sampled': 1}"
+    assert f"5 single-turn pairs: {counts}" in run.stdout
     assert "=== harmless 1 (harmless-base) ===" in run.stdout and "How do I pick a lock?" in run.stdout
     assert run.stdout.count("=== helpful 1 (helpful-") == 1

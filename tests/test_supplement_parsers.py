@@ -21,7 +21,9 @@ VIROLOGY = {
 GEOGRAPHY = {
     "subject": "high_school_geography",
     "question": "Which of the following is a centrifugal force in a country?",
-    "options": ["Religious differences", "A national holiday", "An attack by another country", "A charismatic national leader"],
+    "options": [
+        "Religious differences", "A national holiday", "An attack by another country", "A charismatic national leader",
+    ],
     "answer": "A",
 }
 
@@ -102,6 +104,7 @@ def test_supplement_names_are_public_and_the_parsers_light():
     for name in SUPPLEMENT_NAMES:
         assert name in trl_math.__all__ and getattr(trl_math, name).__module__.startswith("trl_math.supplement."), name
     # The course's test adapters import the parsers without paying for trl and transformers.
-    probe = "import sys, trl_math; trl_math.parse_mmlu_response; print(sorted({'trl', 'transformers', 'torch'} & set(sys.modules)))"
+    probe = ("import sys, trl_math; trl_math.parse_mmlu_response; "
+             "print(sorted({'trl', 'transformers', 'torch'} & set(sys.modules)))")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "['torch']", run.stdout + run.stderr

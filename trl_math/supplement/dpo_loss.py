@@ -4,7 +4,7 @@ Each response makes an Alpaca document with the prompt (`alpaca.encode_alpaca_do
 special tokens, the formatted text, EOS after the response), scored whole:
 
     log pi(x + y) = sum over t >= 1 of log pi(token_t | tokens_<t)
-    loss = -log sigmoid(beta * [(log pi_theta(x + y_w) - log pi_ref(x + y_w)) - (log pi_theta(x + y_l) - log pi_ref(x + y_l))])
+    loss = -log sigmoid(beta * [(log pi_theta(x+y_w) - log pi_ref(x+y_w)) - (log pi_theta(x+y_l) - log pi_ref(x+y_l))])
 
 The prompt's tokens open both documents, so their terms cancel within each model's chosen-minus-rejected
 difference, which is therefore that of the responses' conditional log-probabilities; scoring whole sequences

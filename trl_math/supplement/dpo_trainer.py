@@ -69,12 +69,17 @@ class AlpacaDPOConfig(DPOConfig):
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate prompt + response to this many tokens. None: never (the course's)."}
     )
-    logging_steps: float = field(default=1, metadata={"help": "Log the loss every this many steps (the course: every step)."})
-    eval_strategy: str = field(default="steps", metadata={"help": "Validate every eval_steps (accuracy of the implicit reward)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log the loss every this many steps (the course: each)."})
+    eval_strategy: str = field(
+        default="steps", metadata={"help": "Validate every eval_steps (accuracy of the implicit reward)."}
+    )
     eval_steps: float | None = field(default=50, metadata={"help": "Optimizer steps between validations."})
-    save_steps: float = field(default=50, metadata={"help": "Optimizer steps between checkpoints: keep it equal to eval_steps."})
+    save_steps: float = field(
+        default=50, metadata={"help": "Optimizer steps between checkpoints: keep it equal to eval_steps."}
+    )
     load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Load the checkpoint of best validation accuracy at the end (the one save_model writes)."}
+        default=True,
+        metadata={"help": "Load the checkpoint of best validation accuracy at the end (the one save_model writes)."},
     )
     metric_for_best_model: str | None = field(
         default="eval_rewards/accuracies", metadata={"help": "Validation metric that picks the best checkpoint."}
@@ -114,7 +119,8 @@ def alpaca_pairs(dataset, name: str):
     up to its response."""
     missing = set(PAIR_COLUMNS) - set(dataset.column_names)
     if missing:
-        raise ValueError(f"{name}: columns {sorted(missing)} are missing (pairs are instruction, chosen, rejected, as load_hh gives them)")
+        raise ValueError(f"{name}: columns {sorted(missing)} are missing (pairs are instruction, chosen, rejected, "
+                         "as load_hh gives them)")
     return dataset.map(
         lambda row: {"prompt": alpaca_prompt(row["instruction"])},
         remove_columns=[column for column in dataset.column_names if column not in ("chosen", "rejected")],
@@ -147,7 +153,8 @@ class AlpacaDPOTrainer(AssignmentModelCardMixin, DPOTrainer):
                 )
             eval_dataset = alpaca_pairs(eval_dataset, "eval_dataset")
         if args.ref_model_device is not None:
-            args._n_gpu = 1  # the second GPU holds the reference, not a DataParallel replica (Trainer does the same for model parallelism)
+            # The second GPU holds the reference, not a DataParallel replica (Trainer does the same for model parallelism).
+            args._n_gpu = 1
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=alpaca_pairs(train_dataset, "train_dataset"),
                          eval_dataset=eval_dataset, **kwargs)
         if args.ref_model_device is not None:

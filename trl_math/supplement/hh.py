@@ -35,7 +35,9 @@ class HHDataArguments:
                   "Anthropic/hh-rlhf (its four subsets)."},
     )
     hh_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset id."})
-    validation_size: int = field(default=200, metadata={"help": "Pairs held out, at random, for validation (the course: 200)."})
+    validation_size: int = field(
+        default=200, metadata={"help": "Pairs held out, at random, for validation (the course: 200)."}
+    )
 
     def load(self, seed: int):
         """(training pairs, validation pairs): `validation_size` pairs drawn with `seed`, the rest for training."""

@@ -35,12 +35,14 @@ class InstructionDataArguments:
 
     train_source: str | None = field(
         default=None,
-        metadata={"help": "Training examples: a local JSONL or .jsonl.gz file of {prompt, response} rows, or a Hub dataset id."},
+        metadata={"help": "Training examples: a local JSONL or .jsonl.gz file of {prompt, response} rows, or a Hub "
+                  "dataset id."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to read when `train_source` is a Hub dataset id."})
     eval_source: str | None = field(
         default=None,
-        metadata={"help": "Validation examples (the course's test.jsonl.gz), packed like the training ones. None: no validation."},
+        metadata={"help": "Validation examples (the course's test.jsonl.gz), packed like the training ones. None: no "
+                  "validation."},
     )
     eval_split: str = field(default="test", metadata={"help": "Split to read when `eval_source` is a Hub dataset id."})
     prompt_field: str = field(default="prompt", metadata={"help": "Field holding the instruction."})
@@ -111,10 +113,8 @@ class PackedSFTDataset(torch.utils.data.Dataset):
         pairs = load_instruction_examples(dataset_path, split, prompt_field, response_field)
         if shuffle:
             random.Random(seed).shuffle(pairs)
-        pieces = [
-            np.fromiter(chain.from_iterable(encode_alpaca_documents(tokenizer, pairs[start : start + _ENCODE_BATCH])), np.int32)
-            for start in range(0, len(pairs), _ENCODE_BATCH)
-        ]
+        batches = (pairs[start : start + _ENCODE_BATCH] for start in range(0, len(pairs), _ENCODE_BATCH))
+        pieces = [np.fromiter(chain.from_iterable(encode_alpaca_documents(tokenizer, batch)), np.int32) for batch in batches]
         self.tokens = torch.from_numpy(np.concatenate(pieces))  # int32: half the memory of int64
         self.seq_length = seq_length
         self.num_documents = len(pairs)

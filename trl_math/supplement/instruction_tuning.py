@@ -52,10 +52,12 @@ class InstructionTuningConfig(SFTConfig):
     )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the packed chunks (the course: one)."})
     per_device_train_batch_size: int = field(
-        default=2, metadata={"help": "Sequences per micro-batch (the course: 2 on an 80 GB GPU with bf16 and FlashAttention-2)."}
+        default=2,
+        metadata={"help": "Sequences per micro-batch (the course: 2 on an 80 GB GPU with bf16 and FlashAttention-2)."},
     )
     gradient_accumulation_steps: int = field(
-        default=16, metadata={"help": "Micro-batches per optimizer step: 2 x 16 = 32 sequences per step, the course's batch."}
+        default=16,
+        metadata={"help": "Micro-batches per optimizer step: 2 x 16 = 32 sequences per step, the course's batch."},
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Not used: sequences are the packed chunks, of InstructionDataArguments.seq_length."}
