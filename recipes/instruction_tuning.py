@@ -1,0 +1,56 @@
+"""Instruction tuning on packed Alpaca documents with InstructionTuningTrainer: the sft problem of the
+assignment's supplement (Instruction Tuning and RLHF, section 3.2).
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/instruction_tuning.py \
+        --config recipes/configs/instruction_tuning/llama31_8b.yaml [--learning_rate 1e-5 ...]
+
+Arguments: InstructionDataArguments (train_source / eval_source: local .jsonl(.gz) files of {prompt, response}
+or Hub dataset ids, seq_length, shuffle_documents), InstructionTuningConfig and TRL's ModelConfig (model,
+dtype, attention, LoRA); YAML via --config, command-line flags override it. Logs the training loss and, with
+eval_strategy, the validation loss; the model and its tokenizer are saved to output_dir.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from trl_math.model_config import apply_model_config
+from trl_math.supplement.instruction_data import InstructionDataArguments
+from trl_math.supplement.instruction_tuning import InstructionTuningConfig, InstructionTuningTrainer
+
+
+def main(data_args: InstructionDataArguments, training_args: InstructionTuningConfig, model_args: ModelConfig):
+    if training_args.eval_strategy != "no" and data_args.eval_source is None:
+        raise ValueError("eval_source: required when eval_strategy is not 'no'")
+    apply_model_config(training_args, model_args)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    seed = training_args.seed if training_args.data_seed is None else training_args.data_seed
+    train = data_args.load_packed("train", tokenizer, seed)
+    validation = data_args.load_packed("eval", tokenizer, seed) if data_args.eval_source is not None else None
+    print(f"instruction tuning: {train.num_documents} documents -> {len(train)} sequences of {data_args.seq_length} tokens"
+          + (f"; validation: {len(validation)} sequences" if validation is not None else ""))
+    trainer = InstructionTuningTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # the model and its tokenizer
+    if validation is not None and not any(
+        log["step"] == trainer.state.global_step and "eval_loss" in log for log in trainer.state.log_history
+    ):
+        trainer.evaluate()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.train_source)
+    trainer.end()
+
+
+if __name__ == "__main__":
+    parser = TrlParser((InstructionDataArguments, InstructionTuningConfig, ModelConfig))
+    main(*parser.parse_args_and_config())
