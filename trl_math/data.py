@@ -21,6 +21,7 @@ A malformed row is an error that names the file (or dataset), the line (or row) 
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import sys
@@ -161,8 +162,10 @@ def _row_answer(row: dict[str, Any], answer_field: str | None, solution_field: s
 
 
 def _iter_jsonl(path: Path):
-    """(line number, row or parse error message) for each non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as handle:
+    """(line number, row or parse error message) for each non-blank line of a JSONL file (gzip-compressed
+    when its name ends in .gz, as the course ships its instruction-tuning and HH data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -184,14 +187,14 @@ def _iter_hub(source: str, split: str):
 def iter_rows(
     source: str | Path, split: str | None = None
 ) -> tuple[Iterator[tuple[int, dict | str]], Callable[[int], str]]:
-    """(rows, where) of `source`: a local JSONL file (a .jsonl/.json name or an existing path) or a Hub dataset id
-    read with `split` (None: 'train').
+    """(rows, where) of `source`: a local JSONL file (a .jsonl/.json name, gzip-compressed with .gz, or an existing
+    path) or a Hub dataset id read with `split` (None: 'train').
 
     `rows` yields (line or row number, row), the row being a dict or, for an unreadable JSONL line, the message
     saying why; `where(number)` locates a row for error messages ("file:line" or "dataset (split s) row n").
     """
     path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.exists():
+    if path.suffix in (".jsonl", ".json") or path.name.endswith((".jsonl.gz", ".json.gz")) or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         return _iter_jsonl(path), (lambda n: f"{path}:{n}")
@@ -224,6 +227,17 @@ def describe_mix(columns: dict[str, list], kept: list[int]) -> str:
                            for value, count in sorted(everything.items()))
         parts.append(f"{name}: {shares}")
     return "; ".join(parts)
+
+
+def row_strings(row: dict | str, fields: tuple[str, ...], place: str) -> tuple[str, ...]:
+    """The values of `fields` in a row of `iter_rows`, each a string; otherwise a ValueError naming `place` (the
+    file and line, or dataset and row) and the field."""
+    if isinstance(row, str):
+        raise ValueError(f"{place}: {row}")
+    for name in fields:
+        if not isinstance(row.get(name), str):
+            raise ValueError(f"{place}: field {name!r} is missing or not a string")
+    return tuple(row[name] for name in fields)
 
 
 def load_math_problems(

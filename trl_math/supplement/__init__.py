@@ -2,7 +2,6 @@
 packed Alpaca-formatted documents, and DPO on Anthropic HH preference pairs.
 
 - `alpaca`: the Alpaca template and how a {prompt, response} pair becomes a token document;
-- `sources`: rows of local JSON Lines files, plain or gzip-compressed, or of a Hub dataset;
 - `parsers`: `parse_mmlu_response`, `parse_gsm8k_response` (the zero-shot benchmarks' answer parsers);
 - `instruction_data`: `PackedSFTDataset` / `get_packed_sft_dataset` and `iterate_batches`;
 - `instruction_tuning`: `InstructionTuningConfig` and `InstructionTuningTrainer` (TRL's SFTTrainer on packed chunks);

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import iter_rows, text_fields
+from ..data import iter_rows, row_strings
 
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 _HUMAN, _ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -108,7 +108,7 @@ def load_hh(sources, split: str = "train"):
         total, before = 0, len(columns["source"])
         for number, row in rows:
             total += 1
-            chosen, rejected = text_fields(row, ("chosen", "rejected"), where(number))
+            chosen, rejected = row_strings(row, ("chosen", "rejected"), where(number))
             chosen, rejected = split_single_turn(chosen), split_single_turn(rejected)
             if chosen is None or rejected is None or chosen[0] != rejected[0]:
                 continue

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .alpaca import encode_alpaca_documents
-from .sources import iter_rows, text_fields
+from ..data import iter_rows, row_strings
 
 _ENCODE_BATCH = 1024  # documents tokenized per tokenizer call
 
@@ -81,7 +81,7 @@ def load_instruction_examples(
     A row without both fields as strings is an error naming the file (or dataset), the line (or row) and the field.
     """
     rows, where = iter_rows(source, split)
-    pairs = [text_fields(row, (prompt_field, response_field), where(number)) for number, row in rows]
+    pairs = [row_strings(row, (prompt_field, response_field), where(number)) for number, row in rows]
     if not pairs:
         raise ValueError(f"{source} holds no instruction-tuning examples")
     return pairs
