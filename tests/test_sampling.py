@@ -33,9 +33,10 @@ def test_min_tokens_holds_back_an_early_stop_and_eos_or_length_end_the_rest(qwen
     eos = qwen_tokenizer.eos_token_id
     early = qwen_tokenizer("</answer> x </answer> y", add_special_tokens=False)["input_ids"]
     first_close = next(k for k in range(1, len(early) + 1) if "</answer>" in qwen_tokenizer.decode(early[:k]))
-    held = completion_from_token_ids(early, qwen_tokenizer, ["</answer>"], min_tokens=first_close + 1)
+    # vLLM checks stop strings once more than min_tokens tokens are out: token first_close must come after them.
+    held = completion_from_token_ids(early, qwen_tokenizer, ["</answer>"], min_tokens=first_close)
     assert held.text == "</answer> x </answer>" and held.finish_reason == "stop"
-    assert completion_from_token_ids(early, qwen_tokenizer, ["</answer>"], min_tokens=first_close).text == "</answer>"
+    assert completion_from_token_ids(early, qwen_tokenizer, ["</answer>"], min_tokens=first_close - 1).text == "</answer>"
 
     body = qwen_tokenizer(" no tags here", add_special_tokens=False)["input_ids"]
     padded = body + [eos] + [qwen_tokenizer.pad_token_id] * 3  # a finished row of a left-padded batch

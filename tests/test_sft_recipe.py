@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_math.data import format_prompt, load_prompt_template
+from trl_math.grading import r1_zero_reward_fn
 from trl_math.synthetic import make_arithmetic_splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,13 @@ def test_sft_recipe_memorises_and_validates(tiny_checkpoint, tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
-    assert [m["step"] for m in metrics if "eval_answer_accuracy" in m] == [15, 30]
+    validations = [m for m in metrics if "eval_answer_accuracy" in m]
+    assert [m["step"] for m in validations] == [15, 30]
+    for logged in validations:  # the logged accuracy is the course grader's mean on the written records
+        folder = out / "eval" / f"eval-step{logged['step']:06d}"
+        records = [json.loads(line) for line in (folder / "generations.jsonl").open()]
+        regraded = [r1_zero_reward_fn(r["response"], r["ground_truth"]) for r in records]
+        assert logged["eval_answer_accuracy"] == sum(r["answer_reward"] for r in regraded) / 4
+        assert logged["eval_format_accuracy"] == sum(r["format_reward"] for r in regraded) / 4
     assert json.loads((out / "sft_data.json").read_text()) == {"num_examples": 8, "num_selected": 8}
     assert (out / "model.safetensors").exists()

@@ -4,8 +4,9 @@ Evaluation (math_baseline, the supplement's benchmarks), SFT and expert-iteratio
 `log_generations` all sample through a `Sampler`; MathGRPOTrainer adapts TRL's own generation to the same
 interface. Whatever the backend, a completion is what vLLM reports with `include_stop_str_in_output=True`:
 
-- `text`: the decoded response (special tokens skipped), cut right after the first stop string that is
-  completed on or after token `min_tokens` (or right before it, with include_stop_str_in_output=False).
+- `text`: the decoded response (special tokens skipped), cut right after the first stop string completed
+  after the first `min_tokens` tokens, as vLLM checks stop strings only once more than min_tokens tokens
+  are out (or right before it, with include_stop_str_in_output=False).
   Text past the stop string, which the token completing it may carry (Qwen's ">." ends "</answer>."),
   is never part of it;
 - `token_ids`: the sampled tokens up to the one that completed the stop string or EOS (kept), as vLLM's
@@ -99,9 +100,11 @@ def completion_from_token_ids(
     """vLLM's view of generated tokens (anything after the first EOS is ignored: padding of finished rows).
 
     The completion ends at the first EOS (kept, as vLLM keeps it in token_ids) or at the token that completes
-    the first stop string ending on or after token `min_tokens`; its text is cut right after the stop string
+    the first stop string ending after the first `min_tokens` tokens; its text is cut right after the stop string
     (right before it when not `include_stop_str_in_output`). Otherwise max_tokens ended it ("length").
-    Special tokens (padding included) are left out of the text, as vLLM's detokenizer leaves them out.
+    Special tokens (padding included) are left out of the text, as vLLM's detokenizer leaves them out, and so
+    are the bytes of a character the tokens left unfinished (vLLM's incremental detokenizer holds them back;
+    `decode` would show them as U+FFFD).
     """
     ids = list(ids)
     end = next((i for i, t in enumerate(ids) if t in set(eos_ids)), len(ids))
@@ -110,7 +113,7 @@ def completion_from_token_ids(
     if match is not None:
         text = tokenizer.decode(body[: match.tokens], skip_special_tokens=True)
         return Completion(text[: match.end if include_stop_str_in_output else match.start], body[: match.tokens], "stop")
-    text = tokenizer.decode(body, skip_special_tokens=True)
+    text = tokenizer.decode(body, skip_special_tokens=True).rstrip("\ufffd")
     if end < len(ids):
         return Completion(text, ids[: end + 1], "stop")
     return Completion(text, body, "length")
@@ -216,14 +219,14 @@ class TransformersSampler(Sampler):
 
 
 class _StopAfterMinTokens(StoppingCriteria):
-    """A stopping criterion that may only fire once sequences are `min_length` tokens long (vLLM's min_tokens
-    also holds back stop strings; transformers' stop_strings ignore min_new_tokens)."""
+    """A stopping criterion that may only fire once sequences are longer than `min_length` tokens (vLLM's
+    min_tokens also holds back stop strings; transformers' stop_strings ignore min_new_tokens)."""
 
     def __init__(self, inner, min_length: int):
         self.inner, self.min_length = inner, min_length
 
     def __call__(self, input_ids, scores, **kwargs):
-        return self.inner(input_ids, scores, **kwargs) & (input_ids.shape[1] >= self.min_length)
+        return self.inner(input_ids, scores, **kwargs) & (input_ids.shape[1] > self.min_length)
 
 
 def sample_sharded(sampler: Sampler, prompts: Sequence[str], n: int = 1, request_ids: Sequence[int] | None = None,

@@ -2,7 +2,8 @@
 
 `find_stop` serves `sampling.completion_from_token_ids`, which every sampler and the GRPO trainer use to turn
 generated ids into vLLM's completion: the fewest tokens whose decoded text holds an occurrence of a stop
-string, skipping occurrences completed before `min_tokens` tokens (vLLM's min_tokens holds stops back).
+string, skipping occurrences completed within the first `min_tokens` tokens (vLLM checks stop strings only
+once more than min_tokens tokens are out, so a stop string must be completed by token min_tokens + 1 or later).
 Text is decoded with skip_special_tokens=True, the text the graders see.
 """
 
@@ -38,14 +39,14 @@ def _tokens_through(ids: list[int], tokenizer, stop: str, start: int) -> int:
 
 def find_stop(ids: list[int], tokenizer, stops: list[str], min_tokens: int = 0) -> StopMatch | None:
     """The stop among `stops` completed by the fewest tokens of `ids` (ties: the first in `stops`), counting
-    only occurrences completed on or after token `min_tokens`; None when no stop string qualifies."""
+    only occurrences completed after the first `min_tokens` tokens; None when no stop string qualifies."""
     text = _decode(tokenizer, ids)
     best = None
     for stop in stops:
         position = text.find(stop)
         while position >= 0:
             tokens = _tokens_through(ids, tokenizer, stop, position)
-            if tokens >= min_tokens:
+            if tokens > min_tokens:
                 if best is None or tokens < best.tokens:
                     best = StopMatch(tokens, position, position + len(stop))
                 break
