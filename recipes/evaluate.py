@@ -19,7 +19,8 @@ from trl import TrlParser
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.grading.reward_pool import CATEGORIES
-from trl_math.sampling import BACKENDS, SamplingConfig
+from trl_math.sampler_arguments import SamplerArguments
+from trl_math.sampling import SamplingConfig
 
 CATEGORY_LABELS = {
     "format1_answer1": "format 1, answer 1 (correct)",
@@ -30,29 +31,15 @@ CATEGORY_LABELS = {
 
 
 @dataclass
-class EvaluateArguments(MathDataArguments):
-    """Problems (eval_source etc., see MathDataArguments), model, generation backend, outputs."""
+class EvaluateArguments(MathDataArguments, SamplerArguments):
+    """Problems (eval_source etc., see MathDataArguments), model and generation backend (SamplerArguments),
+    reward, outputs."""
 
     eval_limit: int | None = field(
         default=None, metadata={"help": "Evaluate a seeded random sample of N problems (see limit_strategy). None: all."}
     )
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Model: a local directory or a Hub id."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: 'auto', 'bfloat16', 'float16' or 'float32'."})
     reward: str | None = field(
         default=None, metadata={"help": "Reward: 'r1_zero' or 'question_only'. None: the prompt's name."}
-    )
-    backend: str = field(
-        default="auto",
-        metadata={"help": f"Generation: one of {BACKENDS} ('auto': vLLM when it is installed)."},
-    )
-    batch_size: int = field(
-        default=16,
-        metadata={"help": "Prompts per transformers generate() call; with vLLM, 32x this many per engine call."},
-    )
-    vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "GPU memory fraction vLLM may take."})
-    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context length. None: the model's."})
-    vllm_enforce_eager: bool = field(
-        default=False, metadata={"help": "vLLM without CUDA graphs or compilation: starts faster, generates slower."}
     )
     output_dir: str = field(default="outputs/math_baseline", metadata={"help": "Where the two result files go."})
     resume: bool = field(
@@ -68,7 +55,6 @@ def run(args: EvaluateArguments, sampling: SamplingConfig):
     from trl_math.evaluation import evaluate
     from trl_math.grading.registry import resolve_reward_fn
     from trl_math.data import problem_ids
-    from trl_math.sampling import load_sampler, resolve_backend
     from trl_math.validation import write_validation_problems
 
     reward = args.reward or args.prompt
@@ -77,7 +63,7 @@ def run(args: EvaluateArguments, sampling: SamplingConfig):
     for name in ("eval_source", "model_name_or_path"):
         if getattr(args, name) is None:
             raise ValueError(f"{name}: required")
-    backend = resolve_backend(args.backend)
+    backend = args.resolved_backend()
     problems = args.load_problems("eval")
     write_validation_problems(problems, args.output_dir)
     run_description = {
@@ -88,12 +74,9 @@ def run(args: EvaluateArguments, sampling: SamplingConfig):
         "backend": backend,
         "sampling": asdict(sampling),
     }
-    sampler = load_sampler(args.model_name_or_path, sampling, backend, args.dtype, args.batch_size,
-                           gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                           max_model_len=args.vllm_max_model_length, enforce_eager=args.vllm_enforce_eager,
-                           enable_prefix_caching=True)
+    sampler = args.load_sampler(sampling)
     return evaluate(sampler, resolve_reward_fn(reward), problems["prompt"], problems["ground_truth"], args.output_dir,
-                    problem_ids=problem_ids(problems), chunk_size=32 * args.batch_size, extra_summary=run_description,
+                    problem_ids=problem_ids(problems), chunk_size=args.chunk_size, extra_summary=run_description,
                     resume=args.resume, fingerprint=run_description)
 
 

@@ -19,6 +19,10 @@ assignment's function on top of it, for a vLLM engine. Files in `output_dir`:
 
 Several processes: every process calls `evaluate` with the same problems and its own sampler; each samples
 a share (`sampling.sample_sharded`), the main process grades and writes, and every process gets the summary.
+
+`stream_evaluation` is that loop without the math grading: sampling in chunks, streaming records, resuming,
+summarizing, with the records and the summary built by the caller (the supplement's zero-shot benchmarks,
+`supplement.zero_shot`). It also times the generation (`Throughput`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .files import JsonlWriter, drop_torn_tail, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .grading.reward_pool import CATEGORIES, RewardFn, category, grade, grading_pool
-from .sampling import Sampler, VLLMSampler, sample_sharded
+from .sampling import Completion, Sampler, VLLMSampler, sample_sharded
 
 RECORDS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -47,6 +52,19 @@ class EvaluationMismatch(ValueError):
 
 
 @dataclass
+class Throughput:
+    """The generation wall time of one call: `examples` sampled in `seconds` (time spent in the sampler only:
+    not loading, grading or writing; records kept by a resume are not counted)."""
+
+    examples: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        per_second = self.examples / self.seconds if self.seconds > 0 else None
+        return {"examples": self.examples, "generation_seconds": self.seconds, "examples_per_second": per_second}
+
+
+@dataclass
 class EvaluationResult:
     """What an evaluation wrote: the summary, the per-problem records (main process only) and the two files."""
 
@@ -54,6 +72,7 @@ class EvaluationResult:
     records: list[dict]
     records_path: Path
     summary_path: Path
+    throughput: Throughput | None = None
 
 
 def summarize(records: Sequence[dict]) -> dict:
@@ -79,20 +98,26 @@ def summarize(records: Sequence[dict]) -> dict:
     }
 
 
-def problems_hash(prompts: Sequence[str], ground_truths: Sequence[str], problem_ids: Sequence | None) -> str:
-    """A hash of the evaluated problems, in order: a changed data file changes it."""
+def rows_hash(rows: Iterable) -> str:
+    """A hash of JSON-serializable rows, in order: a changed data file changes it."""
     digest = hashlib.sha256()
-    for row in zip(prompts, ground_truths, problem_ids if problem_ids is not None else [None] * len(prompts)):
+    for row in rows:
         digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
+
+
+def problems_hash(prompts: Sequence[str], ground_truths: Sequence[str], problem_ids: Sequence | None) -> str:
+    """A hash of the evaluated problems, in order: a changed data file changes it."""
+    return rows_hash(zip(prompts, ground_truths, problem_ids if problem_ids is not None else [None] * len(prompts)))
 
 
 def _changed_fields(saved: dict, current: dict) -> list[str]:
     return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
 
 
-def _records_to_keep(output_dir: Path, run: dict, prompts, ground_truths) -> dict[int, dict]:
-    """The records of a partial evaluation of the same run in `output_dir`, by index (none if there is none).
+def _records_to_keep(output_dir: Path, run: dict, identities: Sequence[dict]) -> dict[int, dict]:
+    """The records of a partial evaluation of the same run in `output_dir`, by index (none if there is none);
+    record i must hold the fields of `identities[i]`.
 
     Refuses a directory whose records come from another run (another fingerprint, or no evaluation.json)."""
     records_path, run_path = output_dir / RECORDS_FILE, output_dir / RUN_FILE
@@ -111,8 +136,8 @@ def _records_to_keep(output_dir: Path, run: dict, prompts, ground_truths) -> dic
     kept = {}
     for number, record in enumerate(read_jsonl(records_path), start=1):
         index = record.get("index")
-        if not isinstance(index, int) or not 0 <= index < len(prompts) or record.get("prompt") != prompts[index] \
-                or record.get("ground_truth") != str(ground_truths[index]):
+        if not isinstance(index, int) or not 0 <= index < len(identities) \
+                or any(record.get(key) != value for key, value in identities[index].items()):
             raise ValueError(f"{records_path}:{number}: record does not match problem {index!r} of this evaluation")
         kept[index] = record
     return kept
@@ -142,88 +167,137 @@ def evaluate(
     `fingerprint`: what identifies this run for `resume` (e.g. model, prompt, sampling). `state`: an
     accelerate PartialState when several processes evaluate together (None: the current one).
     """
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
     if len(prompts) != len(ground_truths) or (problem_ids is not None and len(problem_ids) != len(prompts)):
         raise ValueError(f"got {len(prompts)} prompts, {len(ground_truths)} ground truths"
                          + ("" if problem_ids is None else f" and {len(problem_ids)} problem ids"))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    from accelerate import PartialState
+
     state = state or PartialState()
-    output_dir = Path(output_dir)
-    main = state.is_main_process
-    own_pool = main and pool is None
+    own_pool = state.is_main_process and pool is None
     if own_pool:
         pool = grading_pool(reward_fn)
+
+    def grade_chunk(indices: list[int], completions: list[Completion]) -> list[dict]:
+        truths = [str(ground_truths[i]) for i in indices]
+        rewards = grade(reward_fn, [c.text for c in completions], truths, pool)
+        return [
+            {
+                "index": index,
+                **({} if problem_ids is None else {"problem_id": problem_ids[index]}),
+                "prompt": prompts[index],
+                "response": completion.text,
+                "ground_truth": truth,
+                "format_reward": float(reward["format_reward"]),
+                "answer_reward": float(reward["answer_reward"]),
+                "reward": float(reward["reward"]),
+                "response_tokens": completion.num_tokens,
+                "finish_reason": completion.finish_reason,
+                "category": category(reward["format_reward"], reward["answer_reward"]),
+                "unscored": reward.get("unscored"),
+            }
+            for index, truth, completion, reward in zip(indices, truths, completions, rewards, strict=True)
+        ]
+
     try:
-        kept: dict[int, dict] = {}
-        if main:
-            run = {**(fingerprint or {}), "problems": problems_hash(prompts, ground_truths, problem_ids)}
-            kept = _records_to_keep(output_dir, run, prompts, ground_truths) if resume else {}
-            if kept:
-                print(f"{desc}: resuming {output_dir}: {len(kept)} of {len(prompts)} problems already graded",
-                      file=sys.stderr)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(output_dir / RUN_FILE, run)
-            JsonlWriter(output_dir / RECORDS_FILE, append=bool(kept)).close()  # starts it empty, or keeps it
-        missing = [i for i in range(len(prompts)) if i not in kept]
-        if state.num_processes > 1:
-            missing = broadcast_object_list([missing], from_process=0)[0]
-        records = _sample_and_grade(sampler, reward_fn, prompts, ground_truths, problem_ids, missing, output_dir,
-                                    chunk_size, pool, state, desc)
-        summary = None
-        if main:
-            records = sorted([*kept.values(), *records], key=lambda r: r["index"])
-            if kept:  # appended after the kept lines: leave the file in problem order
-                write_jsonl_atomic(output_dir / RECORDS_FILE, records)
-            summary = {**summarize(records), **(extra_summary or {})}
-            write_json_atomic(output_dir / SUMMARY_FILE, summary)
-        if state.num_processes > 1:
-            summary = broadcast_object_list([summary], from_process=0)[0]
-        return EvaluationResult(summary, records if main else [], output_dir / RECORDS_FILE, output_dir / SUMMARY_FILE)
+        return stream_evaluation(
+            sampler, prompts, output_dir, grade_chunk,
+            lambda records, _throughput: {**summarize(records), **(extra_summary or {})},
+            identities=[{"prompt": p, "ground_truth": str(t)} for p, t in zip(prompts, ground_truths)],
+            run={**(fingerprint or {}), "problems": problems_hash(prompts, ground_truths, problem_ids)},
+            chunk_size=chunk_size, resume=resume, state=state, desc=desc, unit="problem",
+        )
     finally:
         if own_pool:
             pool.close()
 
 
-def _sample_and_grade(sampler, reward_fn, prompts, ground_truths, problem_ids, indices, output_dir, chunk_size, pool,
-                      state, desc) -> list[dict]:
-    """Records of the problems at `indices`, appended to generations.jsonl chunk by chunk (main process)."""
+def stream_evaluation(
+    sampler: Sampler,
+    prompts: Sequence[str],
+    output_dir: str | Path,
+    make_records: Callable[[list[int], list[Completion]], list[dict]],
+    summarize_records: Callable[[list[dict], Throughput], dict],
+    *,
+    identities: Sequence[dict] | None = None,
+    run: dict | None = None,
+    chunk_size: int = 512,
+    resume: bool = False,
+    state=None,
+    desc: str = "evaluate",
+    unit: str = "example",
+) -> EvaluationResult:
+    """Sample one response per prompt, `chunk_size` prompts at a time, and stream the records that
+    `make_records(indices, completions)` (main process) builds of each chunk to generations.jsonl; then write
+    `summarize_records(all records, throughput)` to summary.json. Returns what was written.
+
+    Each record must hold its "index" (its prompt's position) and the fields of `identities[index]` (default:
+    {"prompt": the prompt}), which `resume` checks a kept record against. `run`: what produced the records
+    (written to evaluation.json; default: a hash of the identities), whose change `resume` refuses. The
+    throughput counts the prompts sampled by this call and the time spent in the sampler.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    identities = [{"prompt": p} for p in prompts] if identities is None else list(identities)
+    if len(identities) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts and {len(identities)} identities")
+    state = state or PartialState()
+    output_dir = Path(output_dir)
+    main = state.is_main_process
+    kept: dict[int, dict] = {}
+    if main:
+        run = run if run is not None else {"problems": rows_hash(identities)}
+        kept = _records_to_keep(output_dir, run, identities) if resume else {}
+        if kept:
+            print(f"{desc}: resuming {output_dir}: {len(kept)} of {len(prompts)} {unit}s already graded",
+                  file=sys.stderr)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / RUN_FILE, run)
+        JsonlWriter(output_dir / RECORDS_FILE, append=bool(kept)).close()  # starts it empty, or keeps it
+    missing = [i for i in range(len(prompts)) if i not in kept]
+    if state.num_processes > 1:
+        missing = broadcast_object_list([missing], from_process=0)[0]
+    records, throughput = _sample_and_record(sampler, prompts, make_records, missing, output_dir, chunk_size, state,
+                                             desc, unit)
+    summary = None
+    if main:
+        records = sorted([*kept.values(), *records], key=lambda r: r["index"])
+        if kept:  # appended after the kept lines: leave the file in problem order
+            write_jsonl_atomic(output_dir / RECORDS_FILE, records)
+        summary = summarize_records(records, throughput)
+        write_json_atomic(output_dir / SUMMARY_FILE, summary)
+    if state.num_processes > 1:
+        summary = broadcast_object_list([summary], from_process=0)[0]
+    return EvaluationResult(summary, records if main else [], output_dir / RECORDS_FILE, output_dir / SUMMARY_FILE,
+                            throughput)
+
+
+def _sample_and_record(sampler, prompts, make_records, indices, output_dir, chunk_size, state, desc,
+                       unit) -> tuple[list[dict], Throughput]:
+    """Records of the prompts at `indices`, appended to generations.jsonl chunk by chunk (main process), and
+    the time spent sampling them."""
     main = state.is_main_process
     records: list[dict] = []
+    seconds = 0.0
     writer = JsonlWriter(output_dir / RECORDS_FILE, append=True) if main else None
     try:
-        with tqdm(total=len(indices), desc=desc, unit="problem", disable=not main) as bar:
+        with tqdm(total=len(indices), desc=desc, unit=unit, disable=not main) as bar:
             for start in range(0, len(indices), chunk_size):
                 chunk = indices[start : start + chunk_size]
+                began = time.perf_counter()
                 groups = sample_sharded(sampler, [prompts[i] for i in chunk], 1, chunk, state)
+                seconds += time.perf_counter() - began
                 if main:
-                    completions = [group[0] for group in groups]
-                    truths = [str(ground_truths[i]) for i in chunk]
-                    rewards = grade(reward_fn, [c.text for c in completions], truths, pool)
-                    for index, truth, completion, reward in zip(chunk, truths, completions, rewards, strict=True):
-                        record = {
-                            "index": index,
-                            **({} if problem_ids is None else {"problem_id": problem_ids[index]}),
-                            "prompt": prompts[index],
-                            "response": completion.text,
-                            "ground_truth": truth,
-                            "format_reward": float(reward["format_reward"]),
-                            "answer_reward": float(reward["answer_reward"]),
-                            "reward": float(reward["reward"]),
-                            "response_tokens": completion.num_tokens,
-                            "finish_reason": completion.finish_reason,
-                            "category": category(reward["format_reward"], reward["answer_reward"]),
-                            "unscored": reward.get("unscored"),
-                        }
+                    for record in make_records(chunk, [group[0] for group in groups]):
                         writer.write(record)
                         records.append(record)
                 bar.update(len(chunk))
     finally:
         if writer is not None:
             writer.close()
-    return records
+    return records, Throughput(len(indices), seconds)
 
 
 def evaluate_vllm(

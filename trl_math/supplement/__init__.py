@@ -1,8 +1,10 @@
-"""The assignment's supplement, *Instruction Tuning and RLHF*: instruction tuning of a base model on
-packed Alpaca-formatted documents, and DPO on Anthropic HH preference pairs.
+"""The assignment's supplement, *Instruction Tuning and RLHF*: zero-shot benchmark evaluations, instruction
+tuning of a base model on packed Alpaca-formatted documents, and DPO on Anthropic HH preference pairs.
 
 - `alpaca`: the Alpaca template and how a {prompt, response} pair becomes a token document;
 - `parsers`: `parse_mmlu_response`, `parse_gsm8k_response` (the zero-shot benchmarks' answer parsers);
+- `benchmarks`: `load_benchmark`, MMLU, GSM8K, AlpacaEval and SimpleSafetyTests read into examples;
+- `zero_shot`: `evaluate_zero_shot` / `run_zero_shot` (the *_baseline and *_sft evaluations, recipes/zero_shot.py);
 - `instruction_data`: `PackedSFTDataset` / `get_packed_sft_dataset` and `iterate_batches`;
 - `instruction_tuning`: `InstructionTuningConfig` and `InstructionTuningTrainer` (TRL's SFTTrainer on packed chunks);
 - `hh`: `load_hh`, the single-turn Anthropic HH pairs;
