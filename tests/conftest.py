@@ -10,8 +10,8 @@ from pathlib import Path
 # Before torch is imported anywhere: with 2 cores, competing OpenMP threads slow steps 15-100x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ[_var] = "1"
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
+    os.environ[_var] = "1"  # no Hub, and no vLLM usage report, from the tests or the processes they start
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest  # noqa: E402

@@ -124,13 +124,14 @@ def response_log_probs(model, pairs):
 
 def graded_text(tokenizer, ids) -> str:
     """vLLM's text of a completion cut at the one-character stop string "e": the last token, when it completed
-    the stop (no EOS ended the completion), keeps its text up to the first "e" only."""
+    the stop (no EOS ended the completion), keeps its text up to the first "e" only; and the bytes of a character
+    the tokens left unfinished are not text yet (decode shows them as U+FFFD; vLLM's detokenizer holds them)."""
     full = tokenizer.decode(ids, skip_special_tokens=True)
     if ids[-1] == tokenizer.eos_token_id:
-        return full
+        return full.rstrip("\ufffd")
     head = tokenizer.decode(ids[:-1], skip_special_tokens=True)
     tail = full[len(head):]
-    return head + tail[: tail.index("e") + 1] if "e" in tail else full
+    return head + tail[: tail.index("e") + 1] if "e" in tail else full.rstrip("\ufffd")
 
 
 def reference_step(checkpoint, tokenizer, rollout, args, reward=varied_reward, old_log_probs=None):
@@ -212,7 +213,8 @@ def test_update_does_not_depend_on_micro_batching(tiny_checkpoint, tiny_tokenize
         results[steps] = (rollouts[0], grads[0])
     for steps in (2, 4):
         torch.testing.assert_close(results[steps][0]["completion_ids"], results[1][0]["completion_ids"])
-        assert_same_grads(results[steps][1], results[1][1], rtol=1e-5, atol=1e-8)
+        # float32 sums in another order (other micro-batches, other padding): ~3e-8 apart on gradients up to 0.08
+        assert_same_grads(results[steps][1], results[1][1], rtol=1e-5, atol=1e-7)
     _, expected_grads, _, _ = reference_step(tiny_checkpoint, tiny_tokenizer, results[1][0], args)
     assert_same_grads(results[4][1], expected_grads)
 

@@ -99,6 +99,12 @@ class MathDataArguments:
         metadata={"help": "Skip rows without a usable problem or answer (their count is printed) instead of failing."},
     )
 
+    def __post_init__(self):
+        # On the command line a field can only be given as text: "null" and "none" mean None there, as in YAML.
+        for name in ("answer_field", "solution_field"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("null", "none", ""):
+                setattr(self, name, None)
+
     def load_problems(self, which: str, limit: int | None | object = _CONFIGURED_LIMIT):
         """The training ('train') or validation ('eval') problems these arguments describe.
 

@@ -66,13 +66,15 @@ class Throughput:
 
 @dataclass
 class EvaluationResult:
-    """What an evaluation wrote: the summary, the per-problem records (main process only) and the two files."""
+    """What an evaluation wrote: the summary, the per-problem records (main process only) and the two files;
+    its generation throughput, and the wall time of the whole call (sampling, grading, writing)."""
 
     summary: dict
     records: list[dict]
     records_path: Path
     summary_path: Path
     throughput: Throughput | None = None
+    seconds: float | None = None
 
 
 def summarize(records: Sequence[dict]) -> dict:
@@ -238,6 +240,7 @@ def stream_evaluation(
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
+    started = time.perf_counter()
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     identities = [{"prompt": p} for p in prompts] if identities is None else list(identities)
@@ -271,7 +274,7 @@ def stream_evaluation(
     if state.num_processes > 1:
         summary = broadcast_object_list([summary], from_process=0)[0]
     return EvaluationResult(summary, records if main else [], output_dir / RECORDS_FILE, output_dir / SUMMARY_FILE,
-                            throughput)
+                            throughput, time.perf_counter() - started)
 
 
 def _sample_and_record(sampler, prompts, make_records, indices, output_dir, chunk_size, state, desc,

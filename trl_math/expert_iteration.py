@@ -320,11 +320,11 @@ class ExpertIterationTrainer:
             self.vllm_generation.sync_weights()
         sampler = trainer_sampler(self.model, self.processing_class, self.args.eval_sampling(),
                                   self.args.per_device_eval_batch_size, self.vllm_generation)
-        summary = validate(sampler, self.reward_fn, self.eval_dataset, validation_dir(self.output_dir, "ei", step),
+        result = validate(sampler, self.reward_fn, self.eval_dataset, validation_dir(self.output_dir, "ei", step),
                            chunk_size=self.args.eval_chunk_size, extra_summary={"ei_step": step}, state=self.state,
                            pool=self.grading_pool if self.state.is_main_process else None,
-                           desc=f"validation (EI step {step})").summary
-        return validation_metrics(summary)
+                           desc=f"validation (EI step {step})")
+        return validation_metrics(result)
 
     # ----- saving, resuming, pushing ---------------------------------------------------------------
 

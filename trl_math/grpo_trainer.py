@@ -262,7 +262,7 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
             result = validate(GRPOGenerationSampler(self), self.validation_reward_fn, problems, output_dir,
                               fingerprint=fingerprint, **options)
         self.model.train(training)
-        metrics = {**validation_metrics(result.summary, metric_key_prefix),
+        metrics = {**validation_metrics(result, metric_key_prefix),
                    "rollout_batch": step / self.args.steps_per_rollout_batch}
         # Trainer's log, not GRPOTrainer's: TRL's eval-mode metric buffers and completion tables hold training data.
         Trainer.log(self, metrics)

@@ -179,13 +179,13 @@ class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
         ) as unwrapped:
-            summary = validate(
+            result = validate(
                 self.validation_sampler(unwrapped), self.reward_fn, problems,
                 validation_dir(self.args.output_dir, metric_key_prefix, step), chunk_size=self.args.eval_chunk_size,
                 extra_summary={"step": step}, pool=self.grading_pool if self.accelerator.is_main_process else None,
                 desc=f"validation (step {step})",
-            ).summary
-        metrics = validation_metrics(summary, metric_key_prefix)
+            )
+        metrics = validation_metrics(result, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -7,7 +7,8 @@ compares SFT, EI and GRPO curves:
 
 - `eval_answer_accuracy`, `eval_format_accuracy`: means over the problems;
 - `eval_format1_answer1`, `eval_format1_answer0`, `eval_format0_answer0`, `eval_format0_answer1`: the
-  category counts; `eval_mean_response_tokens`, `eval_finish_stop` / `eval_finish_length`, `eval_n`.
+  category counts; `eval_mean_response_tokens`, `eval_finish_stop` / `eval_finish_length`, `eval_n`;
+- `eval_runtime`: the validation's wall time in seconds (sampling, grading, writing).
 
 The final full validation logs the same figures prefixed `final_eval_`. Each validation writes its records
 and summary under the run's output directory, and the problems validated on are listed once in
@@ -43,8 +44,9 @@ def validate(sampler: Sampler, reward_fn, problems, output_dir: str | Path, **op
                     problem_ids=problem_ids(problems), **options)
 
 
-def validation_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
-    """The logged figures of a validation summary (module doc), prefixed `<prefix>_`."""
+def validation_metrics(result: EvaluationResult, prefix: str = "eval") -> dict[str, float]:
+    """The logged figures of a validation (module doc), prefixed `<prefix>_`."""
+    summary = result.summary
     metrics = {
         "answer_accuracy": summary["answer_accuracy"],
         "format_accuracy": summary["format_accuracy"],
@@ -52,6 +54,7 @@ def validation_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
         "n": summary["n"],
         **summary["categories"],
         **{f"finish_{reason}": count for reason, count in summary["finish_reasons"].items()},
+        "runtime": round(result.seconds, 3),
     }
     return {f"{prefix}_{key}": value for key, value in metrics.items()}
 
