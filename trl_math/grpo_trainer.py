@@ -22,6 +22,9 @@ Overridden hooks, each calling TRL for everything it does not change:
 
 Old log-probs are TRL's: computed once per rollout batch, without gradient, when the rollout batch is
 reused (off-policy); on-policy they equal the detached current log-probs, which is what TRL passes.
+
+Checkpoints appear whole and record the training time, which `max_train_hours` counts over a resumed run
+(trl_math.checkpoints).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from trl import GRPOTrainer
 
 from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
+from .checkpoints import ResumableTrainerMixin
 from .evaluation import EvaluationMismatch
 from .files import JsonlWriter
 from .grading import r1_zero_reward_fn
@@ -65,7 +69,7 @@ class GRPOGenerationSampler(Sampler):
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
+class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrainer):
     """GRPO with the assignment's group-normalized advantages, policy-gradient losses and validation (module doc).
 
     `validation_reward_fn(response, ground_truth)`: the course's reward of the prompt (r1_zero_reward_fn, or
@@ -90,7 +94,7 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         self.validation_reward_fn = validation_reward_fn
         self._grading_pool = None
         if args.max_train_hours is not None:
-            self.add_callback(WallClockBudgetCallback(args.max_train_hours))
+            self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
         if self.eval_dataset is not None and self.accelerator.is_main_process:
             write_validation_problems(self.eval_dataset, args.output_dir)
