@@ -40,7 +40,7 @@ from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
 from .checkpoints import ResumableTrainerMixin
 from .evaluation import EvaluationMismatch
-from .files import JsonlWriter
+from .files import JsonlWriter, filter_jsonl
 from .grading import r1_zero_reward_fn
 from .grading.reward_pool import grading_pool
 from .grpo_config import MathGRPOConfig
@@ -93,6 +93,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         self._train_batch_size = args.per_device_train_batch_size * max(1, args.n_gpu)
         self.validation_reward_fn = validation_reward_fn
         self._grading_pool = None
+        self._rollouts_trimmed = False
         if args.max_train_hours is not None:
             self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
@@ -165,8 +166,14 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
             self._metrics["train"][f"completions/mean_length_{name}"].append(value)
 
     def _write_rollouts(self, inputs, output, local):
-        """Append this process's rollouts (the graded text, reward, advantage) to rollouts/rank<k>.jsonl."""
+        """Append this process's rollouts (the graded text, reward, advantage) to rollouts/rank<k>.jsonl.
+
+        The trainer's first rollouts drop the records from their step on: a run resumed from a checkpoint
+        regenerates those (they came from a segment that died before its next checkpoint)."""
         path = os.path.join(self.args.output_dir, "rollouts", f"rank{self.accelerator.process_index}.jsonl")
+        if not self._rollouts_trimmed:
+            filter_jsonl(path, lambda record: record["step"] < self.state.global_step)
+            self._rollouts_trimmed = True
         with JsonlWriter(path, append=True) as writer:
             for offset, (example, completion) in enumerate(zip(inputs, self._graded_completions, strict=True)):
                 writer.write({
