@@ -9,13 +9,17 @@ demo instead: a tiny model built locally, warm-started with SFT, then trained wi
 
 Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig and TRL's ModelConfig
 (model, dtype, LoRA); YAML via --config, command-line flags override it.
+
+Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
+over; trl_math.resume).
 """
 
 from __future__ import annotations
 
-import sys
 import gc
+import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
@@ -24,6 +28,7 @@ from trl_math.grading.registry import resolve_callable, resolve_reward_fn
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.model_config import apply_model_config
+from trl_math.resume import resume_or_start_over, run_config
 
 
 @dataclass
@@ -55,6 +60,8 @@ class GRPOScriptArguments(MathDataArguments):
                   "final_eval_*, files in <output_dir>/final_eval/."},
     )
 
+    run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward", "reward_mode", "reward_funcs")
+
 
 def course_reward(args: GRPOScriptArguments) -> str:
     """The course reward of the run ('r1_zero' or 'question_only'): validation grades with it."""
@@ -82,6 +89,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     if validating and script_args.eval_source is None:
         raise ValueError("eval_source: required when eval_strategy is not 'no' or final_full_eval is set")
 
+    checkpoint = resume_or_start_over(training_args, "grpo", run_config(model_args, script_args, training_args))
     apply_model_config(training_args, model_args)
     train = script_args.load_problems("train")
     evaluation = script_args.load_problems("eval") if training_args.eval_strategy != "no" else None
@@ -94,7 +102,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         validation_reward_fn=resolve_reward_fn(course_reward(script_args)),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     if script_args.final_full_eval:
         full = script_args.load_problems("eval", limit=None)

@@ -7,6 +7,9 @@ Arguments: SFTDataArguments (the SFT examples), MathDataArguments (the validatio
 eval_limit, prompt, fields), MathSFTConfig and TRL's ModelConfig (model, dtype, LoRA); YAML via --config,
 command-line flags override it. Validation (eval_strategy) writes <output_dir>/eval/*/ and logs
 eval_answer_accuracy; after training the final policy is validated once more unless the last step was.
+
+Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
+over; trl_math.resume).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.grading.registry import resolve_reward_fn
 from trl_math.model_config import apply_model_config
+from trl_math.resume import resume_or_start_over, run_config
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments, load_sft_examples
 from trl_math.sft_trainer import MathSFTTrainer
@@ -31,6 +35,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
     if data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"prompt: validation grades with the reward of 'r1_zero' or 'question_only', got {data_args.prompt!r}")
 
+    checkpoint = resume_or_start_over(training_args, "sft", run_config(model_args, sft_args, training_args))
     apply_model_config(training_args, model_args)
     train = load_sft_examples(
         sft_args.sft_source,
@@ -49,7 +54,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         reward_fn=resolve_reward_fn(data_args.prompt),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     validated_steps = {log["step"] for log in trainer.state.log_history if "eval_answer_accuracy" in log}
     if validation is not None and trainer.state.global_step not in validated_steps:
