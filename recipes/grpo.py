@@ -11,7 +11,8 @@ Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig 
 (model, dtype, LoRA); YAML via --config, command-line flags override it.
 
 Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
-over; trl_math.resume).
+over; trl_math.resume). On SIGTERM it saves a checkpoint at the end of the rollout batch in flight and exits
+with 75 (trl_math.preemption).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trl_math.grading.registry import resolve_callable, resolve_reward_fn
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.model_config import apply_model_config
+from trl_math.preemption import PREEMPTED_EXIT_CODE, train_preemptible
 from trl_math.resume import resume_or_start_over, run_config
 
 
@@ -102,13 +104,14 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         validation_reward_fn=resolve_reward_fn(course_reward(script_args)),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if script_args.final_full_eval:
-        full = script_args.load_problems("eval", limit=None)
-        trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.train_source)
+    preempted = train_preemptible(trainer, checkpoint)
+    if not preempted:
+        trainer.save_model(training_args.output_dir)
+        if script_args.final_full_eval:
+            full = script_args.load_problems("eval", limit=None)
+            trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
+        if training_args.push_to_hub:
+            trainer.push_to_hub(dataset_name=script_args.train_source)
     # Tear down in an order that cannot deadlock: with gloo, a process group destroyed by the last DDP reference
     # (when `trainer` goes out of scope after `end()`) joins its worker thread while holding the GIL, and that
     # worker may need the GIL to free a finished collective. Release the trainer while the group is still
@@ -118,6 +121,8 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     del trainer
     gc.collect()
     accelerator.end_training()  # finishes the trackers and destroys the process group
+    if preempted:
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
