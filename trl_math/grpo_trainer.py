@@ -35,6 +35,7 @@ import sys
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
@@ -69,6 +70,27 @@ class GRPOGenerationSampler(Sampler):
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, with the shuffle of epoch e drawn as the (e+1)-th permutation of a generator seeded
+    with `seed`: the same orders as TRL's for a run that never stops, and the same again for a run resumed in
+    epoch e (TRL's sampler, new in the resumed process, would start over from epoch 0's order). MathGRPOTrainer
+    sets the epoch before each pass (accelerate's set_epoch does not reach a sampler behind a skip and a shard)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):  # the draws of the epochs before
+                torch.randperm(self.num_samples, generator=self.generator)
+        return super().__iter__()
+
+
 class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrainer):
     """GRPO with the assignment's group-normalized advantages, policy-gradient losses and validation (module doc).
 
@@ -78,6 +100,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
     """
 
     _tag_names = ["trl", "grpo", "trl-math"]
+    _prompt_sampler: EpochSeededRepeatSampler | None = None  # none for an iterable train_dataset
     _name = "MathGRPO"
     assignment_problem = "grpo_train_loop (GRPO experiments)"
 
@@ -101,6 +124,18 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
             write_validation_problems(self.eval_dataset, args.output_dir)
 
     # ----------------------------------------------------------------------------------------- rollouts
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler of prompts, resumable in any epoch (EpochSeededRepeatSampler)."""
+        sampler = super()._get_train_sampler(dataset)
+        options = ("data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed")
+        self._prompt_sampler = EpochSeededRepeatSampler(**{name: getattr(sampler, name) for name in options})
+        return self._prompt_sampler
+
+    def _run_epoch(self, *args, epoch, **kwargs):
+        if self._prompt_sampler is not None:
+            self._prompt_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
+
     def completion(self, ids: list[int]) -> Completion:
         """A generated completion as vLLM reports it (trl_math.sampling), under this run's stop string."""
         stops = [] if self.args.stop_string is None else [self.args.stop_string]
