@@ -64,7 +64,8 @@ def publish(staged: Path, final: Path) -> None:
 class ResumableTrainerMixin:
     """Trainer mixin: atomic checkpoints with the training time (module doc), and `train()` that starts the
     run's TrainingClock from the checkpoint it resumes. `eval_on_start` validates a run's start, not each resumed
-    segment (whose step was validated before), so it is switched off when resuming."""
+    segment (whose step was validated before), so it is switched off when resuming; a run resumed from its last
+    step (max_steps) trains no further step."""
 
     _staging_checkpoint = False
 
@@ -81,6 +82,12 @@ class ResumableTrainerMixin:
         self.training_clock.begin(recorded_training_seconds(resume_from_checkpoint)
                                   if isinstance(resume_from_checkpoint, str) else 0.0)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.global_step >= self.state.max_steps:  # resumed from the run's last step, which Trainer
+            self.control.should_training_stop = True       # would follow with one more (it checks after a step)
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
