@@ -109,6 +109,24 @@ def test_preemption_stops_only_at_a_resume_boundary_or_the_last_step():
     assert control.should_save and control.should_training_stop
 
 
+def test_the_prompt_sampler_shuffles_each_epoch_as_trl_does_whenever_it_starts():
+    from trl.trainer.utils import RepeatSampler
+
+    from trl_math.grpo_trainer import EpochSeededRepeatSampler
+
+    options = {"data_source": range(10), "mini_repeat_count": 2, "batch_size": 2, "repeat_count": 3, "seed": 7}
+    trl, ours = RepeatSampler(**options), EpochSeededRepeatSampler(**options)
+    orders = []
+    for epoch in range(3):  # a run that never stops: TRL's orders
+        ours.set_epoch(epoch)
+        orders.append(list(ours))
+        assert orders[-1] == list(trl)
+    assert orders[1] != orders[2]
+    resumed = EpochSeededRepeatSampler(**options)  # a new process resuming in epoch 2
+    resumed.set_epoch(2)
+    assert list(resumed) == orders[2]
+
+
 # ------------------------------------------------------------------------------------ real launches (CPU)
 def recipe_env(*paths: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -311,7 +329,8 @@ def test_grpo_two_processes_stop_together_when_one_gets_sigterm(grpo_setup, tmp_
     assert checkpoint % GRPO_BOUNDARY == 0 and logged_steps(out) == list(range(1, checkpoint + 1))
 
 
-# SFT: 40 steps of 2 examples, no validation, no periodic checkpoints (preemption saves one anyway).
+# SFT: 40 steps of 2 examples, no validation, no periodic checkpoint (preemption saves one anyway; the last step
+# is saved).
 @pytest.mark.slow
 def test_sft_sigterm_saves_the_step_in_flight_and_the_relaunch_finishes(tiny_checkpoint, tmp_path):
     from trl_math.data import format_prompt, load_prompt_template
@@ -326,7 +345,7 @@ def test_sft_sigterm_saves_the_step_in_flight_and_the_relaunch_finishes(tiny_che
     command = [sys.executable, str(REPO_ROOT / "recipes" / "sft.py"), "--model_name_or_path", str(tiny_checkpoint),
                "--dtype", "float32", "--sft_source", str(tmp_path / "sft.jsonl"), "--output_dir", str(out),
                "--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--per_device_train_batch_size", "2",
-               "--max_steps", "40", "--learning_rate", "1e-3", "--logging_steps", "1", "--save_strategy", "no",
+               "--max_steps", "40", "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "1000",
                "--eval_strategy", "no"]
     code, seen = run(command, recipe_env(), tmp_path / "log1", until=when_logged(out, 2))
     assert code == PREEMPTED_EXIT_CODE and seen is not None, (tmp_path / "log1").read_text()[-3000:]
@@ -337,4 +356,9 @@ def test_sft_sigterm_saves_the_step_in_flight_and_the_relaunch_finishes(tiny_che
     assert code == 0, (tmp_path / "log2").read_text()[-3000:]
     assert f"from {out / f'checkpoint-{checkpoint}'}" in (tmp_path / "log2").read_text()
     assert logged_steps(out) == list(range(1, 41))  # no step repeated or skipped
-    assert (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists() and checkpoint_steps(out) == [checkpoint, 40]
+
+    # A finished run relaunched (a requeue after the last checkpoint) resumes at max_steps and trains nothing.
+    code, _ = run(command, recipe_env(), tmp_path / "log3")
+    assert code == 0 and f"from {out / 'checkpoint-40'}" in (tmp_path / "log3").read_text()
+    assert logged_steps(out) == list(range(1, 41))
