@@ -93,6 +93,25 @@ def test_publish_replaces_a_checkpoint_of_the_same_step(tmp_path):
     assert last_checkpoint(tmp_path) == str(final)
 
 
+def test_checkpoints_reach_the_hub_once_published(tmp_path, tiny_checkpoint, monkeypatch):
+    import fake_hub
+    from datasets import Dataset
+
+    from trl_math.sft_config import MathSFTConfig
+    from trl_math.sft_trainer import MathSFTTrainer
+
+    hub = fake_hub.install(monkeypatch)
+    data = Dataset.from_list([{"prompt": "What is 1+1?", "response": " 2 </answer>", "ground_truth": "2"}] * 4)
+    args = MathSFTConfig(output_dir=str(tmp_path / "run"), max_steps=2, save_steps=1, per_device_train_batch_size=2,
+                         bf16=False, use_cpu=True, report_to="none", push_to_hub=True, hub_model_id="someone/run",
+                         hub_strategy="checkpoint")
+    MathSFTTrainer(model=str(tiny_checkpoint), args=args, train_dataset=data).train()
+    checkpoints = [upload.files for upload in hub.uploads if upload.commit_message.endswith(", checkpoint")]
+    assert [json.loads(files["trainer_state.json"])["global_step"] for files in checkpoints] == [1, 2]
+    assert all(TRAINING_TIME_FILE in files for files in checkpoints)  # pushed whole, after the staging
+    assert not any(name.startswith(STAGING_DIR) for upload in hub.uploads for name in upload.files)
+
+
 def test_preemption_stops_only_at_a_resume_boundary_or_the_last_step():
     callback = PreemptionCallback(boundary_steps=4)
     state, control = TrainerState(max_steps=10), TrainerControl()

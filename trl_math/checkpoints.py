@@ -2,8 +2,8 @@
 
 Trainer writes `checkpoint-N/` file by file, from every process, so a run killed half-way through a save would
 leave a folder that resuming (`get_last_checkpoint`) picks. Here every process writes into
-`<output_dir>/.checkpoint-staging/checkpoint-N/`; once all are done, the main process flushes it to disk and
-renames it to `<output_dir>/checkpoint-N`. A rename is atomic, so a `checkpoint-N` folder is always complete;
+`<output_dir>/_checkpoint-staging/checkpoint-N/`; once all are done, the main process flushes it to disk and
+renames it to `<output_dir>/checkpoint-N`, and only then pushes it to the Hub (`push_to_hub`). A rename is atomic, so a `checkpoint-N` folder is always complete;
 a staging folder left by a kill is discarded by the next save (and never matches `checkpoint-N`).
 
 Each checkpoint also records the run's training time (`training_time.json`), from which the next segment's
@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .callbacks import TrainingClock
 from .files import write_json_atomic
 
-STAGING_DIR = ".checkpoint-staging"
+STAGING_DIR = "_checkpoint-staging"  # "_*": Trainer's pushes of output_dir to the Hub leave it out
 TRAINING_TIME_FILE = "training_time.json"
 
 
@@ -68,6 +68,7 @@ class ResumableTrainerMixin:
     step (max_steps) trains no further step."""
 
     _staging_checkpoint = False
+    _push_pending = False
 
     def __init__(self, *args, **kwargs):
         self.training_clock = TrainingClock()
@@ -88,6 +89,12 @@ class ResumableTrainerMixin:
             self.control.should_training_stop = True       # would follow with one more (it checks after a step)
             return None
         return super()._run_epoch(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_checkpoint:  # an upload in the background would read files the rename moves
+            self._push_pending = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -118,3 +125,6 @@ class ResumableTrainerMixin:
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
                                use_mtime=True)
         self.accelerator.wait_for_everyone()
+        if self._push_pending:
+            self._push_pending = False
+            self._push_from_checkpoint(str(final))
