@@ -112,6 +112,26 @@ def test_checkpoints_reach_the_hub_once_published(tmp_path, tiny_checkpoint, mon
     assert not any(name.startswith(STAGING_DIR) for upload in hub.uploads for name in upload.files)
 
 
+def test_the_best_checkpoint_is_recorded_where_it_was_published(tmp_path, tiny_checkpoint):
+    from datasets import Dataset
+
+    from trl_math.sft_config import MathSFTConfig
+    from trl_math.sft_trainer import MathSFTTrainer
+
+    data = Dataset.from_list([{"prompt": "What is 1+1?", "response": " 2 </answer>", "ground_truth": "2"}] * 4)
+    out = tmp_path / "run"
+    args = MathSFTConfig(output_dir=str(out), max_steps=2, save_steps=1, eval_strategy="steps", eval_steps=1,
+                         eval_max_tokens=4, num_logged_generations=0, metric_for_best_model="answer_accuracy",
+                         load_best_model_at_end=True, per_device_train_batch_size=2, bf16=False, use_cpu=True,
+                         report_to="none")
+    trainer = MathSFTTrainer(model=str(tiny_checkpoint), args=args, train_dataset=data,
+                             eval_dataset=Dataset.from_list([{"prompt": "What is 1+1?", "ground_truth": "2"}]))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-1")  # the first of two equal accuracies
+    saved = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == str(out / "checkpoint-1")
+
+
 def test_preemption_stops_only_at_a_resume_boundary_or_the_last_step():
     callback = PreemptionCallback(boundary_steps=4)
     state, control = TrainerState(max_steps=10), TrainerControl()

@@ -113,7 +113,8 @@ class ResumableTrainerMixin:
         finally:
             self._staging_checkpoint = False
         if self.args.should_save:
-            if self.state.best_model_checkpoint == str(staged):  # Trainer recorded where it wrote
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best) == staged:  # Trainer recorded where it wrote
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
             write_json_atomic(staged / TRAINING_TIME_FILE, {"training_seconds": self.training_clock.elapsed()})
