@@ -60,13 +60,14 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
-def _holds_run(output_dir: Path) -> bool:
-    names = (RUN_FILE, METRICS_FILE, "ei_state.json")
-    return any((output_dir / name).exists() for name in names) or last_checkpoint(output_dir) is not None
+def _holds_run(output_dir: Path, latest: Callable[[Path], str | None]) -> bool:
+    """Whether output_dir holds a run (its config, log or a checkpoint), rather than only files of the user's."""
+    return any((output_dir / name).exists() for name in (RUN_FILE, METRICS_FILE)) or \
+        last_checkpoint(output_dir) is not None or latest(output_dir) is not None
 
 
 def _mismatches(saved: dict, config: dict) -> list[str]:
-    """'field (saved there, given now)' for every run field both configs hold with different values."""
+    """'field (value in the run, value now)' for every run field both configs hold with different values."""
     return [f"{name} ({saved[name]!r} in the run, {config[name]!r} now)"
             for name in sorted(saved.keys() & config.keys()) if saved[name] != config[name]]
 
@@ -107,7 +108,7 @@ def _decide(output_dir: Path, recipe: str, config: dict, resume: bool, explicit:
                     f"old run is moved to {output_dir}.replaced-<time>), or choose another output_dir")
         print(f"resume: continuing the run in {output_dir} from {checkpoint}", flush=True)
         return checkpoint
-    if output_dir.exists() and _holds_run(output_dir):
+    if output_dir.exists() and _holds_run(output_dir, latest):
         reason = "--resume false" if resume is False else "it holds no checkpoint to resume"
         print(f"resume: starting over ({reason}): the previous run moved to {_move_aside(output_dir)}", flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
