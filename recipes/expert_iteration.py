@@ -6,19 +6,22 @@
 
 Arguments: MathDataArguments (questions: train_source; validation: eval_source), ExpertIterationConfig
 and TRL's ModelConfig; YAML via --config, command-line flags override it. A run that dies resumes after
-its last completed EI step when launched again with the same output_dir.
+its last completed EI step when launched again with the same output_dir (`--resume false` starts over;
+trl_math.resume).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import ModelConfig, TrlParser
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
-from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer
+from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer, saved_state
 from trl_math.grading.registry import resolve_reward_fn
 from trl_math.model_config import apply_model_config
+from trl_math.resume import resume_or_start_over, run_config
 
 
 @dataclass
@@ -31,12 +34,16 @@ class EIScriptArguments(MathDataArguments):
                   "or a dotted path package.module.function(response, ground_truth) -> dict. None: the prompt's name."},
     )
 
+    run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward_fn",)
+
 
 def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
     if data_args.train_source is None:
         raise ValueError("train_source: required (the questions: a JSONL file or a Hub dataset id)")
     if data_args.reward_fn is None and data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"reward_fn: required with a custom prompt file ({data_args.prompt!r})")
+    resume_or_start_over(training_args, "expert_iteration", run_config(model_args, data_args, training_args),
+                         latest=saved_state)
     apply_model_config(training_args, model_args)
     trainer = ExpertIterationTrainer(
         model=model_args.model_name_or_path,

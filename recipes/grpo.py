@@ -9,13 +9,18 @@ demo instead: a tiny model built locally, warm-started with SFT, then trained wi
 
 Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig and TRL's ModelConfig
 (model, dtype, LoRA); YAML via --config, command-line flags override it.
+
+Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
+over; trl_math.resume). On SIGTERM it saves a checkpoint at the end of the rollout batch in flight and exits
+with 75 (trl_math.preemption).
 """
 
 from __future__ import annotations
 
-import sys
 import gc
+import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
@@ -24,6 +29,8 @@ from trl_math.grading.registry import resolve_callable, resolve_reward_fn
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.model_config import apply_model_config
+from trl_math.preemption import PREEMPTED_EXIT_CODE, train_preemptible
+from trl_math.resume import resume_or_start_over, run_config
 
 
 @dataclass
@@ -55,6 +62,8 @@ class GRPOScriptArguments(MathDataArguments):
                   "final_eval_*, files in <output_dir>/final_eval/."},
     )
 
+    run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward", "reward_mode", "reward_funcs")
+
 
 def course_reward(args: GRPOScriptArguments) -> str:
     """The course reward of the run ('r1_zero' or 'question_only'): validation grades with it."""
@@ -82,6 +91,7 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     if validating and script_args.eval_source is None:
         raise ValueError("eval_source: required when eval_strategy is not 'no' or final_full_eval is set")
 
+    checkpoint = resume_or_start_over(training_args, "grpo", run_config(model_args, script_args, training_args))
     apply_model_config(training_args, model_args)
     train = script_args.load_problems("train")
     evaluation = script_args.load_problems("eval") if training_args.eval_strategy != "no" else None
@@ -94,13 +104,14 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         validation_reward_fn=resolve_reward_fn(course_reward(script_args)),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if script_args.final_full_eval:
-        full = script_args.load_problems("eval", limit=None)
-        trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.train_source)
+    preempted = train_preemptible(trainer, checkpoint)
+    if not preempted:
+        trainer.save_model(training_args.output_dir)
+        if script_args.final_full_eval:
+            full = script_args.load_problems("eval", limit=None)
+            trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
+        if training_args.push_to_hub:
+            trainer.push_to_hub(dataset_name=script_args.train_source)
     # Tear down in an order that cannot deadlock: with gloo, a process group destroyed by the last DDP reference
     # (when `trainer` goes out of scope after `end()`) joins its worker thread while holding the GIL, and that
     # worker may need the GIL to free a finished collective. Release the trainer while the group is still
@@ -110,6 +121,8 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
     del trainer
     gc.collect()
     accelerator.end_training()  # finishes the trackers and destroys the process group
+    if preempted:
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,23 @@ Arguments: SFTDataArguments (the SFT examples), MathDataArguments (the validatio
 eval_limit, prompt, fields), MathSFTConfig and TRL's ModelConfig (model, dtype, LoRA); YAML via --config,
 command-line flags override it. Validation (eval_strategy) writes <output_dir>/eval/*/ and logs
 eval_answer_accuracy; after training the final policy is validated once more unless the last step was.
+
+Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
+over; trl_math.resume). On SIGTERM it finishes the optimizer step in flight, saves a checkpoint and exits with 75
+(trl_math.preemption).
 """
 
 from __future__ import annotations
+
+import sys
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_math.data import PROMPT_NAMES, MathDataArguments
 from trl_math.grading.registry import resolve_reward_fn
 from trl_math.model_config import apply_model_config
+from trl_math.preemption import PREEMPTED_EXIT_CODE, train_preemptible
+from trl_math.resume import resume_or_start_over, run_config
 from trl_math.sft_config import MathSFTConfig
 from trl_math.sft_data import SFTDataArguments, load_sft_examples
 from trl_math.sft_trainer import MathSFTTrainer
@@ -31,6 +39,7 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
     if data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"prompt: validation grades with the reward of 'r1_zero' or 'question_only', got {data_args.prompt!r}")
 
+    checkpoint = resume_or_start_over(training_args, "sft", run_config(model_args, sft_args, training_args))
     apply_model_config(training_args, model_args)
     train = load_sft_examples(
         sft_args.sft_source,
@@ -49,14 +58,17 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         reward_fn=resolve_reward_fn(data_args.prompt),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    validated_steps = {log["step"] for log in trainer.state.log_history if "eval_answer_accuracy" in log}
-    if validation is not None and trainer.state.global_step not in validated_steps:
-        trainer.evaluate()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=sft_args.sft_source)
+    preempted = train_preemptible(trainer, checkpoint)
+    if not preempted:
+        trainer.save_model(training_args.output_dir)
+        validated_steps = {log["step"] for log in trainer.state.log_history if "eval_answer_accuracy" in log}
+        if validation is not None and trainer.state.global_step not in validated_steps:
+            trainer.evaluate()
+        if training_args.push_to_hub:
+            trainer.push_to_hub(dataset_name=sft_args.sft_source)
     trainer.end()  # finishes the trackers and destroys the process group
+    if preempted:
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

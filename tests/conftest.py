@@ -124,6 +124,18 @@ def llama_tokenizer():
     return tokenizer
 
 
+def assert_resumed_weights(resumed: Path, uninterrupted: Path, before: Path) -> None:
+    """The model.safetensors in `resumed` equals the one in `uninterrupted` (torch.equal, every tensor) and differs
+    from the one in `before`, so that the comparison is not of untrained weights."""
+    from safetensors.torch import load_file
+
+    ours, theirs, start = (load_file(Path(folder) / "model.safetensors") for folder in (resumed, uninterrupted, before))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert any(not torch.equal(start[name], ours[name]) for name in ours), "training changed no weight"
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A saved tiny Qwen2 checkpoint (model + BPE tokenizer) for `from_pretrained`."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_resumed_weights
 from scripted_rewards import even_length_reward
 from trl_math.synthetic import make_arithmetic_splits
 
@@ -137,12 +137,7 @@ def test_killed_after_step_1_resumes_step_2_only_with_identical_weights(ei_yaml,
     timings = ("wall_time_s", "eval_runtime")
     for ours, theirs in zip(state["log"], reference, strict=True):
         assert {k: v for k, v in ours.items() if k not in timings} == {k: v for k, v in theirs.items() if k not in timings}
-    resumed, straight = _safetensors(output_dir / "ei_step_02"), _safetensors(uninterrupted / "ei_step_02")
-    assert resumed.keys() == straight.keys()
-    for name in resumed:
-        assert torch.equal(resumed[name], straight[name]), name
-    before = _safetensors(output_dir / "ei_step_01")
-    assert any(not torch.equal(before[n], resumed[n]) for n in resumed), "step 2 changed no weight"
+    assert_resumed_weights(output_dir / "ei_step_02", uninterrupted / "ei_step_02", before=output_dir / "ei_step_01")
 
 
 def test_config_rejects_sft_data_selection_fields(tmp_path):

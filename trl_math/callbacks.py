@@ -1,4 +1,5 @@
-"""Trainer callbacks of trl-math: a wall-clock budget for training (the leaderboard's 4 hours)."""
+"""Trainer callbacks of trl-math: a wall-clock budget for training (the leaderboard's 4 hours), counted over every
+segment of a resumed run."""
 
 from __future__ import annotations
 
@@ -7,32 +8,54 @@ import time
 from transformers import TrainerCallback
 
 
-class WallClockBudgetCallback(TrainerCallback):
-    """Stops training when the next optimizer step could end past `max_hours` since `train()` began.
+class TrainingClock:
+    """Seconds spent in `train()` by a run, over all its segments: the time recorded with the checkpoint this
+    segment resumed from (`begin(offset_s)`), plus the time since this segment's `train()` began.
 
-    The next step is assumed to last as long as the longest interval between two step ends so far
-    (which includes any validation or checkpoint in between), so training ends in time and the caller
-    can run its final validation. All processes follow the main process's decision, so none waits for a step that others skip.
-    The budget counts from this process's `train()` call: when resuming, pass the budget that remains.
+    Work lost to a crash (steps after the last checkpoint) does not count: the run redoes it.
     """
 
-    def __init__(self, max_hours: float, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.offset_s = 0.0
+        self.start = None
+
+    def begin(self, offset_s: float = 0.0) -> None:
+        self.offset_s = float(offset_s)
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        return self.offset_s + (0.0 if self.start is None else self.clock() - self.start)
+
+
+class WallClockBudgetCallback(TrainerCallback):
+    """Stops training when the next optimizer step could end past `max_hours` of training time.
+
+    Training time is `clock.elapsed()` (a TrainingClock the trainer begins in `train()`): a resumed run counts
+    the segments before its checkpoint, so relaunching with the same `max_train_hours` keeps the total within it.
+    The next step is assumed to last as long as the longest interval between two step ends so far in this
+    segment (which includes any validation or checkpoint in between), so training ends in time and the caller
+    can run its final validation. All processes follow the main process's decision, so none waits for a step
+    that others skip.
+    """
+
+    def __init__(self, max_hours: float, clock: TrainingClock):
         if not max_hours > 0:
             raise ValueError(f"max_hours must be > 0, got {max_hours}")
         self.budget_s = max_hours * 3600.0
         self.clock = clock
-        self.start = self.last = None
+        self.last = None
         self.longest_step_s = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = self.last = self.clock()
+        self.last = self.clock.elapsed()
         self.longest_step_s = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = self.clock()
+        now = self.clock.elapsed()
         self.longest_step_s = max(self.longest_step_s, now - self.last)
         self.last = now
-        stop = [now - self.start + self.longest_step_s > self.budget_s]
+        stop = [now + self.longest_step_s > self.budget_s]
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 

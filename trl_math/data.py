@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 PROMPT_NAMES: tuple[str, ...] = ("r1_zero", "question_only")
 LIMIT_STRATEGIES: tuple[str, ...] = ("random", "head")
@@ -97,6 +97,12 @@ class MathDataArguments:
     skip_malformed: bool = field(
         default=False,
         metadata={"help": "Skip rows without a usable problem or answer (their count is printed) instead of failing."},
+    )
+
+    # The fields that define a training run (trl_math.resume): the training problems and how they are prompted.
+    run_fields: ClassVar[tuple[str, ...]] = (
+        "train_source", "train_split", "train_limit", "limit_strategy", "limit_seed", "problem_field", "answer_field",
+        "solution_field", "prompt", "skip_malformed",
     )
 
     def __post_init__(self):

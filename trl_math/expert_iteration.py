@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -71,8 +72,15 @@ class ExpertIterationConfig(MathSFTConfig):
     )
     resume: bool = field(
         default=True,
-        metadata={"help": f"Continue after the last completed EI step saved in output_dir ({STATE_FILE}). "
-                  "False: start over (the saved steps are overwritten)."},
+        metadata={"help": f"Continue after the last completed EI step saved in output_dir ({STATE_FILE}), after "
+                  "checking that the fields that define the run are unchanged. False: start over; through the recipe, "
+                  "a previous run in output_dir is first moved to <output_dir>.replaced-<time>."},
+    )
+
+    # The fields that define a run (trl_math.resume): each SFT phase's, plus how the rollouts are drawn.
+    run_fields: ClassVar[tuple[str, ...]] = MathSFTConfig.run_fields + (
+        "questions_per_step", "rollouts_per_question", "num_train_epochs", "rollout_temperature", "rollout_top_p",
+        "rollout_max_tokens", "rollout_min_tokens", "eval_stop",
     )
 
     def __post_init__(self):
@@ -103,6 +111,12 @@ class ExpertIterationConfig(MathSFTConfig):
             include_stop_str_in_output=True,
             seed=seed,
         )
+
+
+def saved_state(output_dir: str | Path) -> str | None:
+    """The state file an expert-iteration run resumes from (written once an EI step has completed), or None."""
+    path = Path(output_dir) / STATE_FILE
+    return str(path) if path.exists() else None
 
 
 def _reject_sharded_training(args: ExpertIterationConfig) -> None:
@@ -332,10 +346,10 @@ class ExpertIterationTrainer:
         return self.output_dir / f"ei_step_{step + 1:02d}"
 
     def _load_state(self) -> dict | None:
-        path = self.output_dir / STATE_FILE
-        if not path.exists():
+        path = saved_state(self.output_dir)
+        if path is None:
             return None
-        saved = json.loads(path.read_text())
+        saved = json.loads(Path(path).read_text())
         if not (self._step_dir(saved["completed_steps"] - 1) / "config.json").exists():
             raise FileNotFoundError(f"{path}: says {saved['completed_steps']} EI steps are done, but "
                                     f"{self._step_dir(saved['completed_steps'] - 1)} holds no model")

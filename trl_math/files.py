@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -66,6 +66,20 @@ def drop_torn_tail(path: str | Path) -> None:
     if end != len(data):
         with path.open("r+b") as handle:
             handle.truncate(end)
+
+
+def filter_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> list[dict]:
+    """Keep the records of a JSONL file that `keep` accepts (a resumed writer drops the records of work it redoes),
+    and cut a torn tail so that appending continues whole lines; returns the kept records. No file: nothing."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    drop_torn_tail(path)
+    records = read_jsonl(path)
+    kept = [record for record in records if keep(record)]
+    if len(kept) != len(records):
+        write_jsonl_atomic(path, kept)
+    return kept
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -22,10 +22,12 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import GRPOConfig
 
 from .losses import LENGTH_NORMALIZATIONS, LOSS_TYPES
+from .resume import OPTIMIZER_RUN_FIELDS, RESUME_HELP
 
 # TRL's defaults for the fields we derive: a value other than these (and other than ours) was set by the user.
 _TRL_DERIVED_DEFAULTS = {
@@ -122,11 +124,13 @@ class MathGRPOConfig(GRPOConfig):
     max_completion_length: int | None = field(default=1024, metadata={"help": "Most tokens sampled per completion."})
 
     # Run control and debugging
+    resume: bool = field(default=True, metadata={"help": RESUME_HELP})
     max_train_hours: float | None = field(
         default=None,
         metadata={
-            "help": "Wall-clock budget of train(): training stops before the next optimizer step would exceed it "
-            "(the leaderboard's 4 hours). None: no budget."
+            "help": "Wall-clock budget of training: training stops before the next optimizer step would exceed it "
+            "(the leaderboard's 4 hours). A resumed run counts the training time of its earlier segments, as "
+            "recorded in its checkpoint. None: no budget."
         },
     )
     eval_rollout_batches: int | None = field(
@@ -175,6 +179,15 @@ class MathGRPOConfig(GRPOConfig):
         default=True, metadata={"help": "Log a sample of (prompt, completion, reward) rows, in training and validation."}
     )
     num_completions_to_print: int | None = field(default=4, metadata={"help": "Completions printed per log."})
+
+    # The fields that define a run (trl_math.resume): a relaunch into the run's output_dir must keep them.
+    # gradient_accumulation_steps too: Trainer resumes by skipping global_step x gradient_accumulation_steps batches.
+    run_fields: ClassVar[tuple[str, ...]] = OPTIMIZER_RUN_FIELDS + (
+        "loss_type", "length_normalization", "normalize_constant", "use_std_normalization", "advantage_eps",
+        "cliprange", "rollout_batch_size", "group_size", "train_batch_size", "epochs_per_rollout_batch",
+        "gradient_accumulation_steps", "stop_string", "min_new_tokens", "max_completion_length", "temperature",
+        "top_p", "top_k", "min_p", "repetition_penalty", "reward_weights", "vllm_importance_sampling_correction",
+    )
 
     @property
     def steps_per_rollout_batch(self) -> int:

@@ -22,6 +22,9 @@ Overridden hooks, each calling TRL for everything it does not change:
 
 Old log-probs are TRL's: computed once per rollout batch, without gradient, when the rollout batch is
 reused (off-policy); on-policy they equal the detached current log-probs, which is what TRL passes.
+
+Checkpoints appear whole and record the training time, which `max_train_hours` counts over a resumed run
+(trl_math.checkpoints).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import sys
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
+from .checkpoints import ResumableTrainerMixin
 from .evaluation import EvaluationMismatch
-from .files import JsonlWriter
+from .files import JsonlWriter, filter_jsonl
 from .grading import r1_zero_reward_fn
 from .grading.reward_pool import grading_pool
 from .grpo_config import MathGRPOConfig
@@ -65,7 +70,28 @@ class GRPOGenerationSampler(Sampler):
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, with the shuffle of epoch e drawn as the (e+1)-th permutation of a generator seeded
+    with `seed`: the same orders as TRL's for a run that never stops, and the same again for a run resumed in
+    epoch e (TRL's sampler, new in the resumed process, would start over from epoch 0's order). MathGRPOTrainer
+    sets the epoch before each pass (accelerate's set_epoch does not reach a sampler behind a skip and a shard)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):  # the draws of the epochs before
+                torch.randperm(self.num_samples, generator=self.generator)
+        return super().__iter__()
+
+
+class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrainer):
     """GRPO with the assignment's group-normalized advantages, policy-gradient losses and validation (module doc).
 
     `validation_reward_fn(response, ground_truth)`: the course's reward of the prompt (r1_zero_reward_fn, or
@@ -74,6 +100,7 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
     """
 
     _tag_names = ["trl", "grpo", "trl-math"]
+    _prompt_sampler: EpochSeededRepeatSampler | None = None  # none for an iterable train_dataset
     _name = "MathGRPO"
     assignment_problem = "grpo_train_loop (GRPO experiments)"
 
@@ -89,13 +116,26 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
         self._train_batch_size = args.per_device_train_batch_size * max(1, args.n_gpu)
         self.validation_reward_fn = validation_reward_fn
         self._grading_pool = None
+        self._rollouts_trimmed = False
         if args.max_train_hours is not None:
-            self.add_callback(WallClockBudgetCallback(args.max_train_hours))
+            self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
         if self.eval_dataset is not None and self.accelerator.is_main_process:
             write_validation_problems(self.eval_dataset, args.output_dir)
 
     # ----------------------------------------------------------------------------------------- rollouts
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler of prompts, resumable in any epoch (EpochSeededRepeatSampler)."""
+        sampler = super()._get_train_sampler(dataset)
+        options = ("data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed")
+        self._prompt_sampler = EpochSeededRepeatSampler(**{name: getattr(sampler, name) for name in options})
+        return self._prompt_sampler
+
+    def _run_epoch(self, *args, epoch, **kwargs):
+        if self._prompt_sampler is not None:
+            self._prompt_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
+
     def completion(self, ids: list[int]) -> Completion:
         """A generated completion as vLLM reports it (trl_math.sampling), under this run's stop string."""
         stops = [] if self.args.stop_string is None else [self.args.stop_string]
@@ -161,8 +201,14 @@ class MathGRPOTrainer(AssignmentModelCardMixin, GRPOTrainer):
             self._metrics["train"][f"completions/mean_length_{name}"].append(value)
 
     def _write_rollouts(self, inputs, output, local):
-        """Append this process's rollouts (the graded text, reward, advantage) to rollouts/rank<k>.jsonl."""
+        """Append this process's rollouts (the graded text, reward, advantage) to rollouts/rank<k>.jsonl.
+
+        The trainer's first rollouts drop the records from their step on: a run resumed from a checkpoint
+        regenerates those (they came from a segment that died before its next checkpoint)."""
         path = os.path.join(self.args.output_dir, "rollouts", f"rank{self.accelerator.process_index}.jsonl")
+        if not self._rollouts_trimmed:
+            filter_jsonl(path, lambda record: record["step"] < self.state.global_step)
+            self._rollouts_trimmed = True
         with JsonlWriter(path, append=True) as writer:
             for offset, (example, completion) in enumerate(zip(inputs, self._graded_completions, strict=True)):
                 writer.write({

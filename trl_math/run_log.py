@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .files import JsonlWriter, drop_torn_tail, read_jsonl, write_jsonl_atomic
+from .files import JsonlWriter, filter_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -48,13 +48,7 @@ class MetricsLogCallback(TrainerCallback):
     def _trim_to(self, step: int) -> None:
         """Keep the records up to `step`; resume the clock from the last one kept."""
         self._trimmed = True
-        if not self.path.exists():
-            return
-        drop_torn_tail(self.path)  # a run killed mid-line: appending continues whole lines
-        records = read_jsonl(self.path)
-        kept = [r for r in records if r.get("step", 0) <= step]
-        if len(kept) != len(records):
-            write_jsonl_atomic(self.path, kept)
+        kept = filter_jsonl(self.path, lambda record: record.get("step", 0) <= step)
         if kept:
             self.offset_s = float(kept[-1].get("wall_time_s", 0.0))
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import SFTConfig
 
+from .resume import OPTIMIZER_RUN_FIELDS, RESUME_HELP
 from .sampling import SamplingConfig
 
 # TRL options whose code path MathSFTTrainer bypasses, with the only value it accepts.
@@ -106,6 +108,8 @@ class MathSFTConfig(SFTConfig):
         default=1, metadata={"help": "GPUs per vLLM instance (must divide the number of processes)."}
     )
 
+    resume: bool = field(default=True, metadata={"help": RESUME_HELP})
+
     # TRL / TrainingArguments fields whose defaults we change
     max_length: int | None = field(
         default=None,
@@ -117,6 +121,14 @@ class MathSFTConfig(SFTConfig):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (the assignment: 1.0)."})
     per_device_eval_batch_size: int = field(
         default=16, metadata={"help": "Validation prompts per transformers generate() call (without vLLM)."}
+    )
+
+    # The fields that define a run (trl_math.resume): a relaunch into the run's output_dir must keep them. The
+    # batch is per_device_train_batch_size x gradient_accumulation_steps x world_size, and Trainer resumes by
+    # skipping global_step x gradient_accumulation_steps batches of each process.
+    run_fields: ClassVar[tuple[str, ...]] = OPTIMIZER_RUN_FIELDS + (
+        "normalize_constant", "append_eos", "num_unique_examples", "filter_correct", "max_length",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
     )
 
     def __post_init__(self):

@@ -14,6 +14,8 @@ resume, PEFT, DeepSpeed/FSDP, Hub):
   on the validation problems (`eval_dataset`: prompt, ground_truth), graded with `reward_fn`, on vLLM
   (TRL's colocate backend, whose `sync_weights` loads the policy into the engine first, PEFT and ZeRO-3
   included) or on transformers' generate; every process samples a share of the problems.
+
+Checkpoints appear whole (trl_math.checkpoints).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 from trl import SFTTrainer
 
+from .checkpoints import ResumableTrainerMixin
 from .files import write_json_atomic
 from .generation_log import LogGenerationsCallback
 from .grading import r1_zero_reward_fn
@@ -36,7 +39,7 @@ from .sft_data import SFTCollator, select_sft_examples
 from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 
-class MathSFTTrainer(AssignmentModelCardMixin, SFTTrainer):
+class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer):
     """SFT with the assignment's loss and periodic validation accuracy (see the module doc).
 
     `train_dataset`: {prompt, response[, ground_truth]} rows; `eval_dataset`: validation problems
