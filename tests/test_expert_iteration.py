@@ -140,6 +140,21 @@ def test_killed_after_step_1_resumes_step_2_only_with_identical_weights(ei_yaml,
     assert_resumed_weights(output_dir / "ei_step_02", uninterrupted / "ei_step_02", before=output_dir / "ei_step_01")
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO_ROOT / "recipes" / "configs" / "expert_iteration").glob("*.yaml")))
+def test_every_ei_config_validates_the_base_model_first(config, tmp_path):
+    from trl import ModelConfig, TrlParser
+
+    sys.path.insert(0, str(RECIPE.parent))
+    try:
+        import expert_iteration as recipe
+    finally:
+        sys.path.remove(str(RECIPE.parent))
+    data, args, _ = TrlParser((recipe.EIScriptArguments, recipe.ExpertIterationConfig, ModelConfig)).parse_args_and_config(
+        args=["--config", str(REPO_ROOT / "recipes" / "configs" / "expert_iteration" / config), "--use_cpu", "true",
+              "--bf16", "false", "--output_dir", str(tmp_path)])
+    assert args.eval_on_start and data.eval_limit == 1024 and data.limit_strategy == "random"
+
+
 def test_config_rejects_sft_data_selection_fields(tmp_path):
     from trl_math.expert_iteration import ExpertIterationConfig
 

@@ -51,7 +51,10 @@ def test_experiment_configs_parse(config, tmp_path):
     assert (args.max_completion_length, args.stop_string, args.min_new_tokens) == (1024, "</answer>", 4)
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.95, 0.0, 1.0)
     assert args.use_vllm and args.vllm_gpu_memory_utilization == 0.85
-    assert args.eval_strategy == "steps" and script.eval_limit == 1024
+    assert args.eval_strategy == "steps" and script.eval_limit == 1024 and script.limit_strategy == "random"
+    # validation every 10 rollout batches, on- and off-policy alike, and a step-0 point
+    assert args.eval_rollout_batches == 10 and args.eval_steps == 10 * args.steps_per_rollout_batch
+    assert args.eval_on_start
     expected = {
         "baseline.yaml": ("reinforce_with_baseline", "masked_mean", True, 1e-5, 1, 256, "r1_zero"),
         "no_baseline.yaml": ("no_baseline", "masked_mean", True, 1e-5, 1, 256, "r1_zero"),

@@ -264,6 +264,21 @@ def test_off_policy_reuses_old_log_probs_computed_once_per_rollout_batch(tiny_ch
     assert clip[0] == 0.0 and max(clip) > 0.0  # the policy moves within a rollout batch, and gets clipped
 
 
+def test_validation_spends_no_policy_forward_pass_off_policy(tiny_checkpoint, tmp_path):
+    """TRL's evaluation loop computed old log-probs of every validation batch when training needs them
+    (off-policy); trl-math's validation only samples and grades."""
+    args = tiny_config(tmp_path, loss_type="grpo_clip", train_batch_size=4, epochs_per_rollout_batch=2,
+                       eval_strategy="steps", eval_rollout_batches=1, per_device_eval_batch_size=2)
+    assert args.eval_steps == 4  # 4 optimizer steps per rollout batch
+    trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
+                              train_dataset=prompt_dataset(), eval_dataset=prompt_dataset())
+    forward_passes = []
+    logps = trainer._get_per_token_logps_and_entropies
+    trainer._get_per_token_logps_and_entropies = lambda *a, **kw: forward_passes.append(1) or logps(*a, **kw)
+    metrics = trainer.evaluate()
+    assert forward_passes == [] and metrics["eval_n"] == 4
+
+
 @pytest.mark.parametrize("length_normalization", LENGTH_NORMALIZATIONS)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_equal_rewards_give_zero_advantages_and_no_nan(tiny_checkpoint, tmp_path, loss_type, length_normalization):

@@ -83,6 +83,42 @@ def test_plot_cli_renders_two_runs(tmp_path, capsys):
     assert image.shape[0] > 300 and image.shape[1] > 800
 
 
+def _write_metrics(run_dir, records):
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def test_grpo_sft_and_ei_runs_share_a_figure_and_the_final_validation_stands_apart(tmp_path, capsys):
+    from trl_math.plotting import draw_runs
+
+    grpo = _write_metrics(tmp_path / "grpo", [
+        {"step": 0, "wall_time_s": 0, "rollout_batch": 0.0, "eval_answer_accuracy": 0.1},
+        {"step": 4, "wall_time_s": 60, "rollout_batch": 1.0, "loss": 0.2},
+        {"step": 40, "wall_time_s": 600, "rollout_batch": 10.0, "eval_answer_accuracy": 0.3},
+        {"step": 40, "wall_time_s": 900, "rollout_batch": 10.0, "final_eval_answer_accuracy": 0.28, "final_eval_n": 5000},
+    ])
+    sft = _write_metrics(tmp_path / "sft", [{"step": 0, "wall_time_s": 0, "eval_answer_accuracy": 0.05},
+                                            {"step": 50, "wall_time_s": 300, "eval_answer_accuracy": 0.2}])
+    ei = _write_metrics(tmp_path / "ei", [{"step": 0, "wall_time_s": 0, "eval_answer_accuracy": 0.05},
+                                          {"step": 1, "wall_time_s": 120, "eval_answer_accuracy": 0.15}])
+    fig = draw_runs([grpo, sft, ei])  # the default metric: every trainer's validation accuracy
+    by_step, by_time = fig.axes
+    assert by_step.get_ylabel() == "eval_answer_accuracy"
+    curves = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in by_step.get_lines()}
+    assert curves == {"grpo": [(0, 0.1), (40, 0.3)], "sft": [(0, 0.05), (50, 0.2)], "ei": [(0, 0.05), (1, 0.15)]}
+    (star,) = by_step.collections  # the final validation: a point apart from the periodic curve
+    assert star.get_offsets().tolist() == [[40.0, 0.28]] and star.get_label() == "grpo: final validation (5000 problems)"
+    assert by_time.collections[0].get_offsets().tolist() == [[15.0, 0.28]]
+
+    by_batch = draw_runs([grpo], x="rollout_batch").axes[0]
+    assert [tuple(p) for p in by_batch.get_lines()[0].get_xydata()] == [(0.0, 0.1), (10.0, 0.3)]
+    assert by_batch.get_xlabel() == "rollout batch (GRPO)"
+    with pytest.raises(ValueError, match="only GRPO runs"):
+        draw_runs([grpo, sft], x="rollout_batch")
+    assert cli_main(["plot", str(grpo), str(sft), str(ei), "-o", str(tmp_path / "all.png")]) == 0
+
+
 def test_plot_cli_names_a_missing_metric(tmp_path, capsys):
     run = _log_run(tmp_path / "run", [0.1], FakeClock())
     assert cli_main(["plot", str(run), "--metric", "eval_nope", "-o", str(tmp_path / "x.png")]) == 2

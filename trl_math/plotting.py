@@ -51,8 +51,20 @@ def pick_metric(runs: dict[str, list[dict]], metric: str | None) -> str:
 
 def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None = None, labels: list[str] | None = None,
               x: str = "step") -> Path:
-    """Draw `metric` of each run against `x` ("step" or "rollout_batch") and, where known, wall-clock minutes
-    into a PNG; the final full validation (`final_<metric>`) is a star of the run's colour."""
+    """Draw `metric` of each run (see `draw_runs`) into a PNG at `output`."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_runs(run_dirs, metric, labels, x)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def draw_runs(run_dirs: list[str | Path], metric: str | None = None, labels: list[str] | None = None, x: str = "step"):
+    """A figure of `metric` of each run against `x` ("step" or "rollout_batch") and, where known, wall-clock
+    minutes: one line per run; the final full validation (`final_<metric>`) a star of the run's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,8 +104,4 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None
         ax.legend(fontsize=8)
     fig.suptitle(f"{metric} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return fig
