@@ -24,7 +24,8 @@ from trl_math.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from trl_math.resume import RUN_FILE, last_checkpoint, resume_or_start_over
 
 # Fields of metrics.jsonl that measure time, and so differ between any two runs.
-TIMING = {"wall_time_s", "step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+TIMING = {"wall_time_s", "step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+          "eval_runtime"}
 
 
 # ---------------------------------------------------------------------------------------------- unit tests
