@@ -135,10 +135,15 @@ class MathDataArguments:
         )
 
 
+def packaged_prompt(name: str) -> str:
+    """The text of `trl_math/prompts/<name>.prompt`, the package's copy of a course prompt, exactly as shipped."""
+    return resources.files("trl_math").joinpath("prompts", f"{name}.prompt").read_text(encoding="utf-8")
+
+
 def load_prompt_template(prompt: str) -> str:
     """The text of a packaged prompt ('r1_zero', 'question_only') or of a template file; must hold {question}."""
     if prompt in PROMPT_NAMES:
-        text = resources.files("trl_math").joinpath("prompts", f"{prompt}.prompt").read_text(encoding="utf-8")
+        text = packaged_prompt(prompt)
         source = f"the packaged prompt {prompt!r}"
     else:
         path = Path(prompt)

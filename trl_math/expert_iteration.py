@@ -276,13 +276,18 @@ class ExpertIterationTrainer:
     def _sample(self, questions: list[str], sampling: SamplingConfig):
         """G rollouts per question, question-major; the processes sample shares of the questions, and question q's
         rollouts draw from the seeds sampling.seed + q * G + k (sampling module), whatever the process count."""
+        groups = sample_sharded(self._synced_sampler(sampling), questions, self.args.rollouts_per_question,
+                                state=self.state)
+        return [c for group in groups for c in group]
+
+    def _synced_sampler(self, sampling: SamplingConfig):
+        """A sampler of the current policy: the colocated vLLM engine once the policy's weights are synced into it
+        (every process: gathering sharded weights is collective), or `model.generate`."""
         self.model.eval()
         if self.vllm_generation is not None:
-            self.vllm_generation.sync_weights()  # every process: gathering sharded weights is collective
-        sampler = trainer_sampler(self.model, self.processing_class, sampling, self.args.per_device_eval_batch_size,
-                                  self.vllm_generation)
-        groups = sample_sharded(sampler, questions, self.args.rollouts_per_question, state=self.state)
-        return [c for group in groups for c in group]
+            self.vllm_generation.sync_weights()
+        return trainer_sampler(self.model, self.processing_class, sampling, self.args.per_device_eval_batch_size,
+                               self.vllm_generation)
 
     @property
     def grading_pool(self):
@@ -329,15 +334,11 @@ class ExpertIterationTrainer:
         """Validation after EI step `step` (0: before the first), logged as eval_* (trl_math.validation)."""
         if self.eval_dataset is None:
             return {}
-        self.model.eval()
-        if self.vllm_generation is not None:
-            self.vllm_generation.sync_weights()
-        sampler = trainer_sampler(self.model, self.processing_class, self.args.eval_sampling(),
-                                  self.args.per_device_eval_batch_size, self.vllm_generation)
-        result = validate(sampler, self.reward_fn, self.eval_dataset, validation_dir(self.output_dir, "ei", step),
-                           chunk_size=self.args.eval_chunk_size, extra_summary={"ei_step": step}, state=self.state,
-                           pool=self.grading_pool if self.state.is_main_process else None,
-                           desc=f"validation (EI step {step})")
+        result = validate(self._synced_sampler(self.args.eval_sampling()), self.reward_fn, self.eval_dataset,
+                          validation_dir(self.output_dir, "ei", step), chunk_size=self.args.eval_chunk_size,
+                          extra_summary={"ei_step": step}, state=self.state,
+                          pool=self.grading_pool if self.state.is_main_process else None,
+                          desc=f"validation (EI step {step})")
         return validation_metrics(result)
 
     # ----- saving, resuming, pushing ---------------------------------------------------------------

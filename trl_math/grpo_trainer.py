@@ -273,10 +273,14 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
             self._grading_pool = grading_pool(self.validation_reward_fn)
         return self._grading_pool
 
+    @property
+    def rollout_batches_trained(self) -> float:
+        """Rollout batches trained so far: the x-axis that compares on- and off-policy runs (logged as rollout_batch)."""
+        return self.state.global_step / self.args.steps_per_rollout_batch
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """TRL's log, plus `rollout_batch` (rollout batches trained so far), the x-axis that compares on- and
-        off-policy runs."""
-        super().log({**logs, "rollout_batch": self.state.global_step / self.args.steps_per_rollout_batch}, start_time)
+        """TRL's log, plus `rollout_batch` (`rollout_batches_trained`)."""
+        super().log({**logs, "rollout_batch": self.rollout_batches_trained}, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Validation accuracy of the current policy (module doc); logs and returns `<prefix>_answer_accuracy`...
@@ -287,8 +291,6 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         from transformers import Trainer
 
         problems = self.eval_dataset if eval_dataset is None else eval_dataset
-        if problems is None or isinstance(problems, dict):
-            raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
         step, training = self.state.global_step, self.model.training
         final = metric_key_prefix == "final_eval"
         self.model.eval()
@@ -309,7 +311,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
                               fingerprint=fingerprint, **options)
         self.model.train(training)
         metrics = {**validation_metrics(result, metric_key_prefix),
-                   "rollout_batch": step / self.args.steps_per_rollout_batch}
+                   "rollout_batch": self.rollout_batches_trained}
         # Trainer's log, not GRPOTrainer's: TRL's eval-mode metric buffers and completion tables hold training data.
         Trainer.log(self, metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -173,8 +173,6 @@ class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer
 
         self._check_validation_supported()
         problems = self.eval_dataset if eval_dataset is None else eval_dataset
-        if problems is None or isinstance(problems, dict):
-            raise ValueError("evaluate: pass one Dataset of validation problems (columns prompt, ground_truth)")
         step = self.state.global_step
         self.model.eval()
         if self.vllm_generation is not None:

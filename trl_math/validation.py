@@ -37,6 +37,8 @@ def validation_dir(output_dir: str | Path, prefix: str, step: int) -> Path:
 def validate(sampler: Sampler, reward_fn, problems, output_dir: str | Path, **options) -> EvaluationResult:
     """`evaluate` on a Dataset of validation problems (columns prompt, ground_truth; problem ids when present).
     `options`: those of `evaluate`."""
+    if problems is None or isinstance(problems, dict):
+        raise ValueError("validation: pass one Dataset of validation problems (columns prompt, ground_truth)")
     missing = {"prompt", "ground_truth"} - set(problems.column_names)
     if missing:
         raise ValueError(f"the validation problems lack columns {sorted(missing)}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
-from importlib import resources
+
+from ..data import packaged_prompt
 
 _RESPONSE = "{response}"
 _INSTRUCTION = "{instruction}"
@@ -20,8 +21,7 @@ _INSTRUCTION = "{instruction}"
 @cache
 def load_alpaca_template() -> str:
     """The packaged alpaca_sft.prompt, less its final newline: `{instruction}` then `{response}` at the end."""
-    text = resources.files("trl_math").joinpath("prompts", "alpaca_sft.prompt").read_text(encoding="utf-8")
-    return text.removesuffix("\n")
+    return packaged_prompt("alpaca_sft").removesuffix("\n")
 
 
 @cache

@@ -35,9 +35,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
+from ..data import packaged_prompt
 from ..evaluation import EvaluationResult, Throughput, rows_hash, stream_evaluation
 from ..files import write_json_atomic, write_jsonl_atomic
 from ..sampler_arguments import SamplerArguments
@@ -89,7 +89,7 @@ class ZeroShotSamplingConfig(SamplingConfig):
 @cache
 def load_zero_shot_system_prompt() -> str:
     """The packaged zero_shot_system_prompt.prompt, whole: `{instruction}` inside, "```\\n" at the end."""
-    return resources.files("trl_math").joinpath("prompts", "zero_shot_system_prompt.prompt").read_text(encoding="utf-8")
+    return packaged_prompt("zero_shot_system_prompt")
 
 
 def benchmark_text(benchmark: str, example: dict) -> str:
