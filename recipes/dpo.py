@@ -44,6 +44,8 @@ def main(hh_args: HHDataArguments, training_args: AlpacaDPOConfig, model_args: M
     trainer.end()
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (HHDataArguments, AlpacaDPOConfig, ModelConfig)
+
 if __name__ == "__main__":
-    parser = TrlParser((HHDataArguments, AlpacaDPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

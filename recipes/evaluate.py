@@ -113,5 +113,8 @@ def main(args: EvaluateArguments, sampling: SamplingConfig):
     print(report(run(args, sampling), args.show_examples))
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (EvaluateArguments, SamplingConfig)
+
 if __name__ == "__main__":
-    main(*TrlParser((EvaluateArguments, SamplingConfig)).parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

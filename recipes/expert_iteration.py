@@ -56,6 +56,8 @@ def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, mod
     trainer.end()
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (EIScriptArguments, ExpertIterationConfig, ModelConfig)
+
 if __name__ == "__main__":
-    parser = TrlParser((EIScriptArguments, ExpertIterationConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

@@ -125,11 +125,13 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         sys.exit(PREEMPTED_EXIT_CODE)
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (GRPOScriptArguments, MathGRPOConfig, ModelConfig)
+
 if __name__ == "__main__":
     if len(sys.argv) == 1 or sys.argv[1] == "--demo":  # no arguments: the CPU learning demo (trl_math.demo)
         from trl_math.demo import main as demo
 
         demo(sys.argv[2:])
     else:
-        parser = TrlParser((GRPOScriptArguments, MathGRPOConfig, ModelConfig))
-        main(*parser.parse_args_and_config())
+        main(*TrlParser(ARGUMENTS).parse_args_and_config())

@@ -51,6 +51,8 @@ def main(data_args: InstructionDataArguments, training_args: InstructionTuningCo
     trainer.end()
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (InstructionDataArguments, InstructionTuningConfig, ModelConfig)
+
 if __name__ == "__main__":
-    parser = TrlParser((InstructionDataArguments, InstructionTuningConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

@@ -35,5 +35,8 @@ def main(args: LookAtHHArguments):
                 print(f"--- {name}\n" + textwrap.fill(pair[name], width=100, replace_whitespace=False))
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (LookAtHHArguments,)
+
 if __name__ == "__main__":
-    main(*TrlParser((LookAtHHArguments,)).parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

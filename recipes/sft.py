@@ -71,6 +71,8 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         sys.exit(PREEMPTED_EXIT_CODE)
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (SFTDataArguments, MathDataArguments, MathSFTConfig, ModelConfig)
+
 if __name__ == "__main__":
-    parser = TrlParser((SFTDataArguments, MathDataArguments, MathSFTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

@@ -54,5 +54,8 @@ def main(args: ZeroShotArguments, sampling: ZeroShotSamplingConfig):
     print(report(run_zero_shot(args, sampling), args.show_examples))
 
 
+# The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).
+ARGUMENTS = (ZeroShotArguments, ZeroShotSamplingConfig)
+
 if __name__ == "__main__":
-    main(*TrlParser((ZeroShotArguments, ZeroShotSamplingConfig)).parse_args_and_config())
+    main(*TrlParser(ARGUMENTS).parse_args_and_config())

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli_parser() -> argparse.ArgumentParser:
+    """`trl-math`'s command line; `demo`'s own options are the demo's parser's (trl_math.demo.demo_parser)."""
     parser = argparse.ArgumentParser(prog="trl-math", description="trl-math utilities")
     sub = parser.add_subparsers(dest="command", required=True)
     plot = sub.add_parser("plot", help="draw validation curves of runs (GRPO, SFT, EI) against step and wall-clock time (PNG)")
@@ -19,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (default: folder names)")
     sub.add_parser("demo", help="the CPU learning demo (SFT warm start, then GRPO); options: trl-math demo --help",
                    add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from .demo import main as demo

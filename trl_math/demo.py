@@ -172,8 +172,13 @@ def run_demo(config: DemoConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def demo_parser() -> argparse.ArgumentParser:
+    """The demo's command line: one option per DemoConfig field."""
     parser = argparse.ArgumentParser(description="trl-math's CPU learning demo (SFT warm start, then GRPO).")
     for f in DemoConfig.__dataclass_fields__.values():
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
-    return run_demo(DemoConfig(**vars(parser.parse_args(argv))))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_demo(DemoConfig(**vars(demo_parser().parse_args(argv))))
