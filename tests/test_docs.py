@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,9 @@ def check_command(where: str, argv: list[str]) -> str | None:
         missing = [arg for arg in args if "=" not in arg and not arg.startswith("-") and arg not in targets]
         if missing:
             raise DocError(f"{where}: make target(s) {missing} are not in the Makefile")
+        for arg in args:
+            if arg.startswith("DEMO_ARGS="):  # make demo runs `python recipes/grpo.py --demo $(DEMO_ARGS)`
+                _check_recipe(where, "recipes/grpo.py", ["--demo", *shlex.split(arg.partition("=")[2])])
         return "make"
     return None
 
@@ -284,6 +288,7 @@ def test_every_documented_command_parses(gpu_settings_parse, tmp_path, capsys):
     ("python recipes/grpo.py --demo --see 1", "--see"),
     ("trl-math plot runs/a --x epoch", "invalid choice"),
     ("make install", "not in the Makefile"),
+    ("make demo DEMO_ARGS='--seed 1 --outdir runs/demo-1'", "--outdir"),
 ])
 def test_a_broken_command_fails(gpu_settings_parse, tmp_path, command, complaint):
     """The checker refuses renamed flags, missing files, unknown placeholders and unknown targets."""
