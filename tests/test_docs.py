@@ -105,8 +105,9 @@ def recorded_commands(snippet: Snippet, workdir: Path) -> list[list[str]]:
     record.unlink(missing_ok=True)
     script = workdir / "snippet.sh"
     script.write_text(
-        "command_not_found_handle() { printf '%s\\037' \"$@\" >> \"$RECORD\"; printf '\\036' >> \"$RECORD\"; return 0; }\n"
-        + text + "\n", encoding="utf-8")
+        # one write per command (a background command records while the next one does)
+        "command_not_found_handle() { local r; r=$(printf '%s\\037' \"$@\"); printf '%s\\036' \"$r\" >> \"$RECORD\"; }\n"
+        + text + "\nwait\n", encoding="utf-8")  # background commands record before bash exits
     empty = workdir / "no-commands"
     empty.mkdir(exist_ok=True)
     result = subprocess.run([shutil.which("bash"), "--noprofile", "--norc", str(script)], cwd=workdir,
