@@ -64,7 +64,7 @@ def run(args: EvaluateArguments, sampling: SamplingConfig):
         if getattr(args, name) is None:
             raise ValueError(f"{name}: required")
     backend = args.resolved_backend()
-    problems = args.load_problems("eval")
+    problems = args.load_problems("eval", output_dir=args.output_dir)
     write_validation_problems(problems, args.output_dir)
     run_description = {
         "model": args.model_name_or_path,

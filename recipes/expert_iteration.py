@@ -37,7 +37,9 @@ class EIScriptArguments(MathDataArguments):
     run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward_fn",)
 
 
-def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
+def build(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
+    """Everything before the first EI step: the checks, the run's settings (trl_math.resume), the data (its summary in
+    <output_dir>/data_summary.json) and the trainer."""
     if data_args.train_source is None:
         raise ValueError("train_source: required (the questions: a JSONL file or a Hub dataset id)")
     if data_args.reward_fn is None and data_args.prompt not in PROMPT_NAMES:
@@ -45,13 +47,18 @@ def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, mod
     resume_or_start_over(training_args, "expert_iteration", run_config(model_args, data_args, training_args),
                          latest=saved_state)
     apply_model_config(training_args, model_args)
-    trainer = ExpertIterationTrainer(
+    return ExpertIterationTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=data_args.load_problems("train"),
-        eval_dataset=data_args.load_problems("eval") if data_args.eval_source is not None else None,
+        train_dataset=data_args.load_problems("train", output_dir=training_args.output_dir),
+        eval_dataset=data_args.load_problems("eval", output_dir=training_args.output_dir)
+        if data_args.eval_source is not None else None,
         reward_fn=resolve_reward_fn(data_args.reward_fn or data_args.prompt),
     )
+
+
+def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
+    trainer = build(data_args, training_args, model_args)
     trainer.train()
     trainer.end()
 

@@ -83,7 +83,9 @@ def reward_functions(args: GRPOScriptArguments) -> list:
     return make_trl_reward_funcs(prompt=course_reward(args), mode=args.reward_mode)
 
 
-def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
+def build(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
+    """Everything before the first training step: the checks, the run's settings (trl_math.resume), the data (its
+    summary in <output_dir>/data_summary.json) and the trainer. Returns (trainer, checkpoint to resume from)."""
     reward_funcs = reward_functions(script_args)
     if script_args.train_source is None:
         raise ValueError("train_source: required (a JSONL file or a Hub dataset id)")
@@ -93,8 +95,9 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
 
     checkpoint = resume_or_start_over(training_args, "grpo", run_config(model_args, script_args, training_args))
     apply_model_config(training_args, model_args)
-    train = script_args.load_problems("train")
-    evaluation = script_args.load_problems("eval") if training_args.eval_strategy != "no" else None
+    train = script_args.load_problems("train", output_dir=training_args.output_dir)
+    evaluation = script_args.load_problems("eval", output_dir=training_args.output_dir) \
+        if training_args.eval_strategy != "no" else None
     trainer = MathGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -104,6 +107,11 @@ def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_
         validation_reward_fn=resolve_reward_fn(course_reward(script_args)),
         peft_config=get_peft_config(model_args),
     )
+    return trainer, checkpoint
+
+
+def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
+    trainer, checkpoint = build(script_args, training_args, model_args)
     preempted = train_preemptible(trainer, checkpoint)
     if not preempted:
         trainer.save_model(training_args.output_dir)

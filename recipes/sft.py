@@ -29,7 +29,11 @@ from trl_math.sft_data import SFTDataArguments, load_sft_examples
 from trl_math.sft_trainer import MathSFTTrainer
 
 
-def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args: MathSFTConfig, model_args: ModelConfig):
+def build(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args: MathSFTConfig,
+          model_args: ModelConfig):
+    """Everything before the first training step: the checks, the run's settings (trl_math.resume), the data (the
+    validation problems' summary in <output_dir>/data_summary.json) and the trainer. Returns (trainer, checkpoint to
+    resume from)."""
     if sft_args.sft_source is None:
         raise ValueError("sft_source: required (a JSONL file of {prompt, response, ground_truth} rows or a Hub id)")
     if data_args.train_source is not None:
@@ -49,7 +53,8 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         ground_truth_field=sft_args.ground_truth_field,
         require_ground_truth=training_args.filter_correct,
     )
-    validation = data_args.load_problems("eval") if data_args.eval_source is not None else None
+    validation = data_args.load_problems("eval", output_dir=training_args.output_dir) \
+        if data_args.eval_source is not None else None
     trainer = MathSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -58,11 +63,16 @@ def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args
         reward_fn=resolve_reward_fn(data_args.prompt),
         peft_config=get_peft_config(model_args),
     )
+    return trainer, checkpoint
+
+
+def main(sft_args: SFTDataArguments, data_args: MathDataArguments, training_args: MathSFTConfig, model_args: ModelConfig):
+    trainer, checkpoint = build(sft_args, data_args, training_args, model_args)
     preempted = train_preemptible(trainer, checkpoint)
     if not preempted:
         trainer.save_model(training_args.output_dir)
         validated_steps = {log["step"] for log in trainer.state.log_history if "eval_answer_accuracy" in log}
-        if validation is not None and trainer.state.global_step not in validated_steps:
+        if trainer.eval_dataset is not None and trainer.state.global_step not in validated_steps:
             trainer.evaluate()
         if training_args.push_to_hub:
             trainer.push_to_hub(dataset_name=sft_args.sft_source)

@@ -98,8 +98,9 @@ def test_answer_from_last_boxed_of_solution_and_custom_fields(tmp_path):
     ("bad_row", "message"),
     [
         ({"answer": "2"}, "bad.jsonl:2: field 'problem' is missing"),
-        ({"problem": "Q", "answer": ""}, "bad.jsonl:2: field 'answer' is missing or empty"),
-        ({"problem": "Q"}, "bad.jsonl:2: field 'answer' is missing or empty"),
+        ({"problem": "", "answer": "2"}, "bad.jsonl:2: field 'problem' is missing or not a non-empty string"),
+        ({"problem": "Q"}, "bad.jsonl:2: field 'answer' is missing"),
+        ({"problem": "Q", "answer": ["2"]}, "bad.jsonl:2: field 'answer' is not a string or number"),
         ("{not json", "bad.jsonl:2: invalid JSON"),
         ("[1, 2]", "bad.jsonl:2: expected a JSON object"),
     ],
@@ -121,10 +122,32 @@ def test_skip_malformed_counts_and_prints(tmp_path, capsys):
         tmp_path / "mixed.jsonl",
         [{"problem": "a", "answer": "1"}, {"problem": "b"}, "", "{oops", {"problem": "c", "answer": "3"}],
     )
-    dataset = load_math_problems(path, skip_malformed=True)
+    summary = {}
+    dataset = load_math_problems(path, skip_malformed=True, summary=summary)
     assert dataset["problem"] == ["a", "c"]
     err = capsys.readouterr().err
     assert "skipped 2 malformed rows" in err and "mixed.jsonl:2" in err
+    assert summary["malformed_skipped"] == {"count": 2, "at": [f"{path}:2: field 'answer' is missing",
+                                                               f"{path}:4: invalid JSON (Expecting property name "
+                                                               "enclosed in double quotes)"]}
+
+
+def test_rows_with_an_empty_answer_are_left_out_counted_and_recorded(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"problem": "a", "answer": "1"}, {"problem": "b", "answer": ""}, {"problem": "c", "answer": "3"},
+        {"problem": "d", "answer": "  "}, {"problem": "e", "answer": None}, {"problem": "f", "answer": 6}])
+    args = MathDataArguments(train_source=str(path), eval_source=str(path), eval_limit=2)
+    problems = args.load_problems("train", output_dir=tmp_path / "run")
+    assert problems["problem"] == ["a", "c", "f"] and problems["source_index"] == [0, 1, 2]
+    assert f"left out 3 rows of {path} whose 'answer' is empty" in capsys.readouterr().err
+    args.load_problems("eval", output_dir=tmp_path / "run")  # a second entry, beside the first
+    summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
+    assert summary["train"] == {
+        "source": str(path), "rows": 6, "empty_answer": {"count": 3, "at": [f"{path}:2", f"{path}:4", f"{path}:5"]},
+        "malformed_skipped": {"count": 0, "at": []}, "problems": 3, "used": 3}
+    assert (summary["eval"]["problems"], summary["eval"]["used"]) == (3, 2)
+    with pytest.raises(ValueError, match="no usable problems"):
+        load_math_problems(write_jsonl(tmp_path / "empty_answers.jsonl", [{"problem": "b", "answer": ""}]))
 
 
 def test_missing_file_and_empty_file(tmp_path):

@@ -4,6 +4,7 @@ run killed after its first EI step resumes to the same weights as an uninterrupt
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -104,6 +105,10 @@ def test_two_ei_steps_train_on_exactly_the_reward_1_rollouts(uninterrupted):
         assert record["ei/sft_loss"] is not None and record["ei/response_entropy"] > 0
     metrics = _jsonl(uninterrupted / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2] and metrics[2]["wall_time_s"] > metrics[1]["wall_time_s"]
+    # the plot's axis: optimizer steps of the SFT phases so far, each 2 epochs of micro-batches of 2 kept rollouts
+    kept = [state["log"][step]["ei/kept"] for step in (1, 2)]
+    assert [m["optimizer_step"] for m in metrics] == [0, 2 * math.ceil(kept[0] / 2),
+                                                     2 * math.ceil(kept[0] / 2) + 2 * math.ceil(kept[1] / 2)]
 
 
 def _safetensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -100,13 +100,20 @@ def test_grpo_sft_and_ei_runs_share_a_figure_and_the_final_validation_stands_apa
     ])
     sft = _write_metrics(tmp_path / "sft", [{"step": 0, "wall_time_s": 0, "eval_answer_accuracy": 0.05},
                                             {"step": 50, "wall_time_s": 300, "eval_answer_accuracy": 0.2}])
-    ei = _write_metrics(tmp_path / "ei", [{"step": 0, "wall_time_s": 0, "eval_answer_accuracy": 0.05},
-                                          {"step": 1, "wall_time_s": 120, "eval_answer_accuracy": 0.15}])
+    # an EI run logs its EI step as `step`, the optimizer steps of its SFT phases so far as `optimizer_step`
+    ei = _write_metrics(tmp_path / "ei", [
+        {"step": 0, "optimizer_step": 0, "wall_time_s": 0, "eval_answer_accuracy": 0.05},
+        {"step": 1, "optimizer_step": 12, "wall_time_s": 120, "ei/rollouts": 2048, "eval_answer_accuracy": 0.15},
+        {"step": 2, "optimizer_step": 30, "wall_time_s": 250, "ei/rollouts": 2048, "eval_answer_accuracy": 0.2}])
     fig = draw_runs([grpo, sft, ei])  # the default metric: every trainer's validation accuracy
     by_step, by_time = fig.axes
     assert by_step.get_ylabel() == "eval_answer_accuracy"
+    assert by_step.get_xlabel() == "optimizer step (EI: of its SFT phases)"
     curves = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in by_step.get_lines()}
-    assert curves == {"grpo": [(0, 0.1), (40, 0.3)], "sft": [(0, 0.05), (50, 0.2)], "ei": [(0, 0.05), (1, 0.15)]}
+    assert curves == {"grpo": [(0, 0.1), (40, 0.3)], "sft": [(0, 0.05), (50, 0.2)],
+                      "ei": [(0, 0.05), (12, 0.15), (30, 0.2)]}  # optimizer steps, not EI steps
+    minutes = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in by_time.get_lines()}
+    assert minutes["ei"] == [(0, 0.05), (2, 0.15), (250 / 60, 0.2)] and by_time.get_xlabel() == "wall-clock minutes"
     (star,) = by_step.collections  # the final validation: a point apart from the periodic curve
     assert star.get_offsets().tolist() == [[40.0, 0.28]] and star.get_label() == "grpo: final validation (5000 problems)"
     assert by_time.collections[0].get_offsets().tolist() == [[15.0, 0.28]]
@@ -117,6 +124,11 @@ def test_grpo_sft_and_ei_runs_share_a_figure_and_the_final_validation_stands_apa
     with pytest.raises(ValueError, match="only GRPO runs"):
         draw_runs([grpo, sft], x="rollout_batch")
     assert cli_main(["plot", str(grpo), str(sft), str(ei), "-o", str(tmp_path / "all.png")]) == 0
+    # an EI log without optimizer_step has only EI steps: it is not drawn on the optimizer-step axis
+    old_ei = _write_metrics(tmp_path / "old_ei", [{k: v for k, v in r.items() if k != "optimizer_step"}
+                                                  for r in read_metrics(ei / "metrics.jsonl")])
+    with pytest.raises(ValueError, match="'old_ei' is an expert-iteration log without optimizer_step"):
+        draw_runs([old_ei])
 
 
 def test_plot_cli_names_a_missing_metric(tmp_path, capsys):

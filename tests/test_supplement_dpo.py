@@ -16,6 +16,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from trl import ModelConfig, TrlParser
 
+from conftest import SHARED_DIR
 from trl_math.supplement.dpo_loss import compute_per_instance_dpo_loss
 from trl_math.supplement.dpo_trainer import AlpacaDPOConfig, AlpacaDPOTrainer
 from trl_math.supplement.hh import HH_SUBSETS, HHDataArguments
@@ -82,7 +83,7 @@ def test_per_instance_loss_lives_on_the_policy_and_trains_it_only(tiny_tokenizer
 def dpo_config(tmp_path, **overrides) -> AlpacaDPOConfig:
     values = dict(output_dir=str(tmp_path / "run"), bf16=False, use_cpu=True, report_to="none", save_strategy="no",
                   eval_strategy="no", load_best_model_at_end=False, gradient_checkpointing=False,
-                  dataloader_num_workers=0, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+                  dataloader_num_workers=0, total_train_batch_size=4, gradient_accumulation_steps=1)
     return AlpacaDPOConfig(**(values | overrides))
 
 
@@ -111,12 +112,46 @@ def test_trainer_loss_and_gradients_are_the_mean_per_instance_loss(tiny_tokenize
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * q.grad.abs().max().item(), msg=name)
 
 
-def test_config_is_the_course_dpo_and_rejects_other_objectives(tmp_path):
-    args = AlpacaDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True)
-    assert (args.optim, args.learning_rate, args.beta, args.loss_type) == ("rmsprop", 1e-6, 0.1, ["sigmoid"])
-    assert args.max_length is None
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64
-    assert args.load_best_model_at_end and args.greater_is_better and args.metric_for_best_model == "eval_rewards/accuracies"
+# The supplement's DPO settings (section 5.4, problem dpo_training), each with the lines of its text that set it.
+SUPPLEMENT = SHARED_DIR / "reference" / "cs336_a5_supplement_safety_rlhf.txt"
+BATCH_BETA_LR = "We recommend you start with a batch size of 64, β = 0.1, and a learning rate of 1e − 6."
+BEST = "epoch over HH. Save your model with the highest validation accuracy."
+DPO_DEFAULTS = {
+    "optim": ("rmsprop", ["we will stick to the RMSprop optimizer (torch.optim.RMSprop)"]),
+    "total_train_batch_size": (64, [BATCH_BETA_LR]),
+    "beta": (0.1, [BATCH_BETA_LR]),
+    "learning_rate": (1e-6, [BATCH_BETA_LR]),
+    "num_train_epochs": (1, ["train your instruction-tuned Llama 3.1 8B model for 1", BEST]),  # a page break between
+    "logging_steps": (1, ["Train your model with DPO loss and gradient accumulation, tracking your loss at each step."]),
+    "eval_strategy": ("steps", ["we ask you to keep track of the “classification accuracy” of the implicit reward"]),
+    "metric_for_best_model": ("eval_rewards/accuracies", [
+        "we ask you to keep track of the “classification accuracy” of the implicit reward",
+        "consider an example to be correctly classified when the chosen completion has higher log-"]),
+    "load_best_model_at_end": (True, [BEST]),
+    "greater_is_better": (True, [BEST]),
+}
+HH_DEFAULTS = {"validation_size": (200, ["Separate out a small number of examples (e.g., 200) as a validation set."])}
+
+
+def test_config_defaults_are_the_supplements(tmp_path):
+    args, hh = AlpacaDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True), HHDataArguments()
+    for owner, defaults in ((args, DPO_DEFAULTS), (hh, HH_DEFAULTS)):
+        for name, (value, _) in defaults.items():
+            assert getattr(owner, name) == value, name
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 32)  # in one process
+    assert args.loss_type == ["sigmoid"] and args.max_length is None  # the course's loss on whole documents
+
+
+def test_the_supplement_says_so():
+    if not SUPPLEMENT.exists():
+        pytest.skip(f"the supplement's text is not at {SUPPLEMENT}")
+    text = " ".join(SUPPLEMENT.read_text(encoding="utf-8").split())
+    for name, (_, lines) in (DPO_DEFAULTS | HH_DEFAULTS).items():
+        for line in lines:
+            assert " ".join(line.split()) in text, (name, line)
+
+
+def test_config_rejects_other_objectives(tmp_path):
     for option, value in [("loss_type", "ipo"), ("ld_alpha", 0.5), ("use_weighting", True), ("label_smoothing", 0.1)]:
         with pytest.raises(ValueError, match=option):
             AlpacaDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, **{option: value})
@@ -142,7 +177,7 @@ def test_the_hh_config_is_the_course_setup(tmp_path):
     assert hh.hh_sources == ["data/hh"] and hh.validation_size == 200
     assert 200 % args.per_device_eval_batch_size == 0
     assert (args.optim, args.learning_rate, args.beta, args.max_length) == ("rmsprop", 1e-6, 0.1, None)
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64 and args.num_train_epochs == 1
+    assert (args.total_train_batch_size, args.per_device_train_batch_size, args.num_train_epochs) == (64, 2, 1)
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_rewards/accuracies"
     assert args.save_steps == args.eval_steps
     assert model.model_name_or_path == "runs/instruction-tuning-llama31-8b"
@@ -174,7 +209,7 @@ def test_recipe_learns_the_preference_and_saves_the_best_checkpoint(tiny_checkpo
         "--model_name_or_path", str(tiny_checkpoint), "--dtype", "float32",
         "--hh_sources", str(tmp_path / "hh"), "--validation_size", "8",
         "--output_dir", str(out), "--bf16", "false", "--use_cpu", "true", "--report_to", "none",
-        "--gradient_checkpointing", "false", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--gradient_checkpointing", "false", "--total_train_batch_size", "8", "--gradient_accumulation_steps", "2",
         "--max_steps", "12", "--learning_rate", "1e-3", "--beta", "0.1",
         "--eval_steps", "2", "--save_steps", "2", "--eval_on_start", "true", "--per_device_eval_batch_size", "4",
     ]

@@ -87,7 +87,19 @@ def test_trainer_takes_packed_datasets_only_and_rejects_trl_packing(tiny_model, 
     defaults = InstructionTuningConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True)
     assert (defaults.learning_rate, defaults.lr_scheduler_type, defaults.warmup_steps, defaults.num_train_epochs) == (
         2e-5, "cosine", 0.03, 1.0)
-    assert defaults.per_device_train_batch_size * defaults.gradient_accumulation_steps == 32
+    # one process: micro-batches of 2 (the course's), 16 of them, 32 sequences per optimizer step
+    assert (defaults.total_train_batch_size, defaults.per_device_train_batch_size,
+            defaults.gradient_accumulation_steps) == (32, 2, 16)
+
+
+def test_the_batch_is_a_total_over_processes(tmp_path, monkeypatch):
+    assert config(tmp_path, total_train_batch_size=32, gradient_accumulation_steps=4).per_device_train_batch_size == 8
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size: is derived .* = 2; do not set it \(got 4\)"):
+        config(tmp_path, per_device_train_batch_size=4)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # 32 sequences do not split into 16 micro-batches on each of 3 processes
+    with pytest.raises(ValueError, match=r"total_train_batch_size \(32\) must be divisible by "
+                                         r"gradient_accumulation_steps \(16\) x processes \(3\)"):
+        config(tmp_path)
 
 
 def test_the_llama31_config_is_the_course_setup(tmp_path):
@@ -102,7 +114,7 @@ def test_the_llama31_config_is_the_course_setup(tmp_path):
     assert data.train_source.endswith("train.jsonl.gz") and data.eval_source.endswith("test.jsonl.gz")
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (2e-5, "cosine", 0.03)
     assert args.num_train_epochs == 1
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 32
+    assert (args.total_train_batch_size, args.per_device_train_batch_size) == (32, 2)  # on one GPU
     assert args.eval_strategy == "steps" and args.dataset_kwargs == {"skip_prepare_dataset": True}
 
 
@@ -115,7 +127,7 @@ def test_recipe_trains_validates_and_saves(tiny_checkpoint, tmp_path):
         "--model_name_or_path", str(tiny_checkpoint), "--dtype", "float32",
         "--train_source", str(train), "--eval_source", str(test), "--seq_length", "32",
         "--output_dir", str(out), "--bf16", "false", "--use_cpu", "true", "--report_to", "none",
-        "--gradient_checkpointing", "false", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--gradient_checkpointing", "false", "--total_train_batch_size", "8", "--gradient_accumulation_steps", "2",
         "--max_steps", "8", "--learning_rate", "3e-3", "--logging_steps", "1",
         "--eval_strategy", "steps", "--eval_steps", "4", "--save_strategy", "no",
     ]
@@ -138,3 +150,27 @@ def test_recipe_trains_validates_and_saves(tiny_checkpoint, tmp_path):
             torch.stack([packed[i]["labels"] for i in range(len(packed))]),
         )
     assert loss.item() == pytest.approx(evals[8], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_process_step_trains_on_the_courses_32_sequences(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    """Two gloo processes (`accelerate launch --multi_gpu --num_processes 2`) with the default batch: one optimizer
+    step takes 32 sequences in all (16 micro-batches of 1 on each process), not 32 on each."""
+    train = write_gz(tmp_path / "train.jsonl.gz", rows(80))
+    assert len(PackedSFTDataset(tiny_tokenizer, train, 16, shuffle=False)) >= 64  # enough for 64 in one step
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WORLD_SIZE", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        os.path.join(REPO, "recipes", "instruction_tuning.py"),
+        "--model_name_or_path", str(tiny_checkpoint), "--dtype", "float32", "--train_source", str(train),
+        "--seq_length", "16", "--output_dir", str(out), "--bf16", "false", "--use_cpu", "true", "--report_to", "none",
+        "--gradient_checkpointing", "false", "--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no",
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    (logged,) = [json.loads(line) for line in (out / "metrics.jsonl").open() if '"loss"' in line]
+    # TRL's num_tokens: the attention-mask tokens of every micro-batch, summed over the processes
+    assert (logged["step"], logged["num_tokens"]) == (1, 32 * 16)

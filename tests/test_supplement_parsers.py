@@ -12,12 +12,14 @@ import trl_math
 
 from trl_math.supplement.parsers import parse_gsm8k_response, parse_mmlu_response
 
+# The course's fixture example (tests of run_parse_mmlu_response in stanford-cs336/assignment5-alignment).
 VIROLOGY = {
     "subject": "virology",
     "question": "How many human polyomaviruses are known at present?",
     "options": ["100", "1", "10", "unknown"],
     "answer": "A",
 }
+# The supplement's example (section 2.1): option B's text begins with the word "A".
 GEOGRAPHY = {
     "subject": "high_school_geography",
     "question": "Which of the following is a centrifugal force in a country?",
@@ -26,18 +28,41 @@ GEOGRAPHY = {
     ],
     "answer": "A",
 }
+# Rows of the MMLU test split: an option whose text is made of letters, options that begin with "I ".
+ASTRONOMY = {
+    "subject": "astronomy",
+    "question": "Which of the following is/are true?",
+    "options": ["Titan is the only outer solar system moon with a thick atmosphere",
+                "Titan is the only outer solar system moon with evidence for recent geologic activity",
+                "Titan's atmosphere is composed mostly of hydrocarbons", "A and D"],
+    "answer": "D",
+}
+BIOLOGY = {
+    "subject": "college_biology",
+    "question": "A cell nucleus contains which of the following?\nI. DNA\nII. Protein\nIII. RNA",
+    "options": ["I only", "II only", "III only", "I, II, and III"],
+    "answer": "D",
+}
 
 
 @pytest.mark.parametrize(
     ("example", "output", "letter"),
     [
-        (VIROLOGY, "The correct answer is B. There is only one human polyomavirus known at present, the BK virus.", "B"),
+        # the course's own case
+        (VIROLOGY, "The correct answer is B. There is only one human polyomavirus known at present, which is the BK "
+                   "virus.", "B"),
         (GEOGRAPHY, "The correct answer is A", "A"),
         (GEOGRAPHY, "The correct answer is D.\n\n# Query:", "D"),
         (GEOGRAPHY, "the correct answer is: (C)", "C"),
         (GEOGRAPHY, "The correct answer is **B**, a national holiday.", "B"),
+        (GEOGRAPHY, "The correct answer is B. A national holiday", "B"),  # the letter, then the option's text
+        (GEOGRAPHY, "The correct answer is A, religious differences.", "A"),
         (GEOGRAPHY, "Religious differences divide people. The correct answer is A, religious differences.", "A"),
         (GEOGRAPHY, "The correct answer is C. (Not D: the correct answer is never D here.)", "C"),  # the first sentence
+        (GEOGRAPHY, "The correct answer is A national holiday, so the correct answer is B.", "B"),  # the first letter
+        (ASTRONOMY, "The correct answer is D: A and D.", "D"),
+        (ASTRONOMY, "The correct answer is A.", "A"),
+        (BIOLOGY, "The correct answer is D. I, II, and III", "D"),
         (GEOGRAPHY, "B", "B"),
         (GEOGRAPHY, " (D) ", "D"),
         (GEOGRAPHY, "C.", "C"),
@@ -48,24 +73,32 @@ def test_mmlu_letters(example, output, letter):
 
 
 @pytest.mark.parametrize(
-    "output",
+    ("example", "output"),
     [
-        "The correct answer is 10000 polyomaviruses.",  # the course's unparseable case
-        "The correct answer is Africa.",  # a word that starts with a letter of the options
-        "The correct answer is a national holiday.",  # option text, not its letter
-        "The correct answer is E.",
-        "A national holiday",  # the text of option B, which starts with the word "A"
-        "I am not sure which one is correct.",
-        "",
+        (VIROLOGY, "The correct answer is 10000 polyomaviruses."),  # the course's own unparseable case
+        (GEOGRAPHY, "The correct answer is Africa."),  # a word that starts with a letter of the options
+        (GEOGRAPHY, "The correct answer is a national holiday."),  # option text, not its letter
+        (GEOGRAPHY, "The correct answer is A national holiday."),  # the text of option B, whose first word is "A"
+        (GEOGRAPHY, "The correct answer is **A national holiday**."),
+        (GEOGRAPHY, "The correct answer is A charismatic national leader"),  # option D's text
+        (GEOGRAPHY, "The correct answer is E."),
+        (GEOGRAPHY, "A national holiday"),  # the text of option B alone
+        (ASTRONOMY, "The correct answer is A and D."),  # the text of option D, not the letter A
+        (BIOLOGY, "The correct answer is I only."),  # option texts that begin with "I "
+        (BIOLOGY, "The correct answer is I, II, and III."),
+        (BIOLOGY, "I only"),
+        (GEOGRAPHY, "I am not sure which one is correct."),
+        (GEOGRAPHY, ""),
     ],
 )
-def test_mmlu_unparseable_outputs_are_none(output):
-    assert parse_mmlu_response(GEOGRAPHY, output) is None
+def test_mmlu_outputs_that_name_no_letter_are_none(example, output):
+    assert parse_mmlu_response(example, output) is None
 
 
 @pytest.mark.parametrize(
     ("output", "number"),
     [
+        # the course's own case
         ("Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May.", "72"),
         ("She sold 15 clips.", "15"),  # the text's example
         ("The total is 1,234 dollars.", "1234"),
@@ -84,6 +117,7 @@ def test_gsm8k_last_number(output, number):
 @pytest.mark.parametrize(
     "output",
     [
+        # the course's own case
         "Natalia sold twenty-four clips in May. Thus, Natalia sold seventy-two clips altogether in April and May.",
         "I don't know.",
         "",

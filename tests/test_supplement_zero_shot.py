@@ -20,7 +20,6 @@ from scripted_model import FENCE_QUERY, LOOP, PHRASES, STOP_AT_EOS, save_scripte
 from trl_math.evaluation import EvaluationMismatch
 from trl_math.sampling import load_sampler
 from trl_math.supplement.benchmarks import load_benchmark, load_gsm8k, load_mmlu, load_sst
-from trl_math.supplement.parsers import parse_gsm8k_response, parse_mmlu_response
 from trl_math.supplement.zero_shot import (
     ZeroShotArguments,
     ZeroShotSamplingConfig,
@@ -69,6 +68,14 @@ ALPACA = """Below is an instruction that describes a task. Write a response that
 """
 # The scripted model's odds after a prompt: a mix of right, wrong and unparsable answers on both graded benchmarks.
 WEIGHTS = {"She makes 18 dollars.": 3.0, "The profit is $70,000.": 3.0}
+# What each answer the scripted model can give (scripted_model.PHRASES, STOP_AT_EOS, LOOP) must parse to, written
+# out by hand: MMLU's letter, GSM8K's last number (None: unparsed).
+MMLU_PREDICTIONS = {"The correct answer is A.": "A", "The correct answer is B.": "B", "The correct answer is C.": "C",
+                    "The correct answer is D.": "D", "She makes 18 dollars.": None, "The profit is $70,000.": None,
+                    "It is 5.": None, "I cannot tell.": None, "Hmm, ": None}
+GSM8K_PREDICTIONS = {"The correct answer is A.": None, "The correct answer is B.": None,
+                     "The correct answer is C.": None, "The correct answer is D.": None, "She makes 18 dollars.": "18",
+                     "The profit is $70,000.": "70000", "It is 5.": "5", "I cannot tell.": None, "Hmm, ": None}
 
 
 def read_jsonl(path):
@@ -122,17 +129,20 @@ def check_common_summary(summary, records):
     assert throughput["examples_per_second"] == pytest.approx(len(records) / throughput["generation_seconds"])
 
 
-def check_scripted_response(record):
+def check_scripted_response(record) -> str:
     """What the scripted model can answer: a phrase and the block's close (cut before the stop string), a
-    phrase and EOS, or the loop until max_tokens."""
+    phrase and EOS, or the loop until max_tokens. Returns the phrase."""
     response = record["response"]
     if record["finish_reason"] == "length":
         assert response == LOOP * 6 and record["response_tokens"] == 6
-    elif response == STOP_AT_EOS:
+        return LOOP
+    if response == STOP_AT_EOS:
         assert record["response_tokens"] == 2  # the phrase and EOS
-    else:
-        assert response in {p + FENCE_QUERY.removesuffix("# Query:") for p in PHRASES}
-        assert record["finish_reason"] == "stop" and record["response_tokens"] == 2  # the phrase, the stop's token
+        return STOP_AT_EOS
+    phrase = response.removesuffix(FENCE_QUERY.removesuffix("# Query:"))
+    assert phrase in PHRASES and phrase != response
+    assert record["finish_reason"] == "stop" and record["response_tokens"] == 2  # the phrase, the stop's token
+    return phrase
 
 
 def test_mmlu_and_gsm8k_prompts_are_the_courses(shared_data_dir):
@@ -208,6 +218,7 @@ def test_mmlu_recipe_figures_are_a_regrade_of_its_records(scripted_checkpoint, s
     folder, out = shared_data_dir / "supplement" / "mmlu", tmp_path / "mmlu"
     run = zero_shot(scripted_checkpoint, "mmlu", folder, out, "--limit", "24", "--show_examples", "3")
     records = read_jsonl(out / "generations.jsonl")
+    assert MMLU_PREDICTIONS.keys() == GSM8K_PREDICTIONS.keys() == set(PHRASES)
     rows = mmlu_rows(folder)
     assert len(rows) == 14042
     assert [(r["subject"], r["question"], r["options"], r["answer"]) for r in records] == [
@@ -216,8 +227,7 @@ def test_mmlu_recipe_figures_are_a_regrade_of_its_records(scripted_checkpoint, s
         subject, question, (a, b, c, d) = record["subject"].replace("_", " "), record["question"], record["options"]
         text = MMLU_FORMAT.format(subject=subject, question=question, a=a, b=b, c=c, d=d)
         assert record["prompt"] == SYSTEM_PROMPT.replace("{instruction}", text)
-        check_scripted_response(record)
-        assert record["prediction"] == parse_mmlu_response(record, record["response"])
+        assert record["prediction"] == MMLU_PREDICTIONS[check_scripted_response(record)]
         assert record["correct"] == (record["prediction"] == record["answer"])
     summary = json.loads((out / "summary.json").read_text())
     expected = expected_answer_summary(records)
@@ -252,8 +262,7 @@ def test_gsm8k_sft_recipe_uses_the_alpaca_template(scripted_checkpoint, shared_d
     assert [(r["question"], r["answer"]) for r in records] == [(row["problem"], row["answer"]) for row in rows]
     for record in records:
         assert record["prompt"] == ALPACA.format(instruction=record["question"] + "\nAnswer:")
-        check_scripted_response(record)
-        assert record["prediction"] == parse_gsm8k_response(record["response"])
+        assert record["prediction"] == GSM8K_PREDICTIONS[check_scripted_response(record)]
         assert record["correct"] == (record["prediction"] is not None
                                      and float(record["prediction"]) == float(record["answer"]))
     summary = json.loads((out / "summary.json").read_text())

@@ -16,7 +16,8 @@ def cli_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", default=None,
                       help="logged key to draw (default: eval_answer_accuracy, the validation accuracy of every trainer)")
     plot.add_argument("--x", default="step", choices=["step", "rollout_batch"],
-                      help="x axis of the left panel: optimizer step, or rollout batch (GRPO: compares on- and off-policy)")
+                      help="x axis of the left panel: optimizer step (an EI run: the optimizer steps of its SFT "
+                      "phases), or rollout batch (GRPO: compares on- and off-policy)")
     plot.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (default: folder names)")
     sub.add_parser("demo", help="the CPU learning demo (SFT warm start, then GRPO); options: trl-math demo --help",
                    add_help=False)

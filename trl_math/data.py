@@ -15,14 +15,20 @@ source order: the course's MATH files are sorted by subject, so their head is no
 every trainer and in recipes/evaluate.py; the subject / level mix of the sample is printed when the data
 carries those fields.
 
-A malformed row is an error that names the file (or dataset), the line (or row) and the field. With
-`skip_malformed=True` such rows are skipped instead, and their count is printed: nothing is dropped silently.
+A row with an empty answer (`""`, blank or null: the course's train.jsonl has two, at lines 7037 and 7437) is
+one the course's grader cannot score: it is left out, and the count and places of such rows are printed and
+recorded in the run's data summary (`data_summary.json` in its output_dir, see `MathDataArguments.load_problems`).
+Any other malformed row (a line that is no JSON object, a missing or empty problem, a missing answer field, an
+answer that is no string or number) is an error that names the file (or dataset), the line (or row) and the
+field. With `skip_malformed=True` such rows are skipped instead, counted, printed and recorded in the summary
+too: nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import sys
 from collections import Counter
@@ -32,11 +38,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .files import write_json_atomic
+
 PROMPT_NAMES: tuple[str, ...] = ("r1_zero", "question_only")
 LIMIT_STRATEGIES: tuple[str, ...] = ("random", "head")
 # Row fields copied into the problems when every row carries them (the course's MATH files do).
 PASSTHROUGH_FIELDS: tuple[str, ...] = ("unique_id", "subject", "level")
 _CONFIGURED_LIMIT = object()  # MathDataArguments.load_problems' default: the configured train_limit / eval_limit
+DATA_SUMMARY_FILE = "data_summary.json"
+LISTED_PLACES = 20  # places of left-out or skipped rows listed in a data summary (all are counted)
 
 
 class MalformedRowError(ValueError):
@@ -96,7 +106,9 @@ class MathDataArguments:
     )
     skip_malformed: bool = field(
         default=False,
-        metadata={"help": "Skip rows without a usable problem or answer (their count is printed) instead of failing."},
+        metadata={"help": "Skip malformed rows (no JSON object, no problem, no answer field; their count is printed and "
+                  "recorded) instead of failing. Rows with an empty answer, which the course cannot grade, are always "
+                  "left out and counted."},
     )
 
     # The fields that define a training run (trl_math.resume): the training problems and how they are prompted.
@@ -111,17 +123,21 @@ class MathDataArguments:
             if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("null", "none", ""):
                 setattr(self, name, None)
 
-    def load_problems(self, which: str, limit: int | None | object = _CONFIGURED_LIMIT):
+    def load_problems(self, which: str, limit: int | None | object = _CONFIGURED_LIMIT,
+                      output_dir: str | Path | None = None):
         """The training ('train') or validation ('eval') problems these arguments describe.
 
         `limit` overrides train_limit / eval_limit (None: every row); left out, the configured one applies.
+        `output_dir`: the run's; the read's summary (rows read, left out, skipped, kept) is recorded under `which`
+        in its data_summary.json (`record_data_summary`).
         """
         if which not in ("train", "eval"):
             raise ValueError(f"which must be 'train' or 'eval', got {which!r}")
         source = self.train_source if which == "train" else self.eval_source
         if source is None:
             raise ValueError(f"{which}_source: required")
-        return load_math_problems(
+        summary: dict = {}
+        problems = load_math_problems(
             source,
             split=self.train_split if which == "train" else self.eval_split,
             problem_field=self.problem_field,
@@ -132,7 +148,21 @@ class MathDataArguments:
             limit=(self.train_limit if which == "train" else self.eval_limit) if limit is _CONFIGURED_LIMIT else limit,
             limit_strategy=self.limit_strategy,
             limit_seed=self.limit_seed,
+            summary=summary,
         )
+        if output_dir is not None:
+            record_data_summary(output_dir, which, summary)
+        return problems
+
+
+def record_data_summary(output_dir: str | Path, key: str, summary: dict) -> None:
+    """Put `summary` under `key` in `<output_dir>/data_summary.json` (kept entries of other keys), from the main
+    process only (RANK 0 or unset: every process reads the same data)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = Path(output_dir) / DATA_SUMMARY_FILE
+    summaries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    write_json_atomic(path, summaries | {key: summary})
 
 
 def packaged_prompt(name: str) -> str:
@@ -162,20 +192,24 @@ def format_prompt(template: str, question: str) -> str:
 
 
 def _row_answer(row: dict[str, Any], answer_field: str | None, solution_field: str | None) -> tuple[str | None, str]:
-    """(answer, the field it was read from or should have been) for one row."""
+    """(answer, "") for one row, the answer "" when it is empty (blank or null); or (None, what makes the row
+    malformed, naming the field)."""
     if answer_field is not None and answer_field in row:
         value = row[answer_field]
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "":
-            return None, answer_field
-        return str(value).strip(), answer_field
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "", ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return None, f"field {answer_field!r} is not a string or number"
+        return str(value).strip(), ""
     if solution_field is not None:
         solution = row.get(solution_field)
         if not isinstance(solution, str):
-            return None, solution_field
+            return None, f"field {solution_field!r} is missing or not a string"
         from .grading.extract import extract_boxed_answer  # the course's \boxed{...} rule
 
-        return extract_boxed_answer(solution), solution_field
-    return None, answer_field or "answer_field"
+        answer = extract_boxed_answer(solution)
+        return (answer, "") if answer is not None else (None, f"field {solution_field!r} has no \\boxed{{...}} answer")
+    return None, f"field {answer_field or 'answer_field'!r} is missing"
 
 
 def _iter_jsonl(path: Path):
@@ -268,11 +302,15 @@ def load_math_problems(
     limit: int | None = None,
     limit_strategy: str = "random",
     limit_seed: int = 0,
+    summary: dict | None = None,
 ):
     """Problems of `source` (local JSONL path, or Hub dataset id read with `split`) as a Dataset (module doc).
 
     The answer is `answer_field` when the row has it, else the last \\boxed{...} of `solution_field`. `limit`
     keeps N of the valid rows: a random sample drawn with `limit_seed`, or the first N (`limit_strategy`).
+    `summary`, when given, is filled with the read's counts: source, rows, left out for an empty answer and
+    skipped as malformed (each a count and the first LISTED_PLACES places), problems (the valid rows), used
+    (those the limit keeps).
     """
     from datasets import Dataset
 
@@ -283,19 +321,22 @@ def load_math_problems(
     columns: dict[str, list] = {"prompt": [], "ground_truth": [], "problem": []}
     extra: dict[str, list] = {name: [] for name in PASSTHROUGH_FIELDS}
     skipped: list[str] = []
+    empty: list[str] = []  # places of the rows with an empty answer, which the course cannot grade
+    read = 0
     for number, row in rows:
+        read += 1
         if isinstance(row, str):
             problem_text = f"{where(number)}: {row}"
         else:
             problem = row.get(problem_field)
-            answer, answer_from = _row_answer(row, answer_field, solution_field)
+            answer, malformed = _row_answer(row, answer_field, solution_field)
             if not isinstance(problem, str) or not problem.strip():
                 problem_text = f"{where(number)}: field {problem_field!r} is missing or not a non-empty string"
             elif answer is None:
-                what = "has no \\boxed{...} answer" if answer_from == solution_field and answer_from in row else (
-                    "is missing or empty"
-                )
-                problem_text = f"{where(number)}: field {answer_from!r} {what}"
+                problem_text = f"{where(number)}: {malformed}"
+            elif answer == "":
+                empty.append(where(number))
+                continue
             else:
                 columns["prompt"].append(format_prompt(template, problem))
                 columns["ground_truth"].append(answer)
@@ -306,6 +347,10 @@ def load_math_problems(
         if not skip_malformed:
             raise MalformedRowError(problem_text + " (pass skip_malformed=True to skip such rows)")
         skipped.append(problem_text)
+    if empty:
+        print(f"load_math_problems: left out {len(empty)} rows of {source} whose {answer_field!r} is empty (the "
+              f"course's grader cannot score them): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}",
+              file=sys.stderr)
     if skipped:
         print(f"load_math_problems: skipped {len(skipped)} malformed rows of {source}; first: {skipped[0]}", file=sys.stderr)
     if not columns["problem"]:
@@ -320,6 +365,13 @@ def load_math_problems(
         mix = describe_mix(columns, kept)
         print(f"load_math_problems: {len(kept)} of {n} problems of {source} ({how})"
               + (f"; sample (all): {mix}" if mix else ""), file=sys.stderr)
+    if summary is not None:
+        summary.update({
+            "source": str(source), "rows": read,
+            "empty_answer": {"count": len(empty), "at": empty[:LISTED_PLACES]},
+            "malformed_skipped": {"count": len(skipped), "at": skipped[:LISTED_PLACES]},
+            "problems": n, "used": len(kept),
+        })
     return Dataset.from_dict({name: [values[i] for i in kept] for name, values in columns.items()})
 
 

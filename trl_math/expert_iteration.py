@@ -11,6 +11,9 @@ Every EI step draws its randomness from `seed + step` (question batch, rollouts,
 ends by saving the model, the tokenizer, the step index, the RNG states and the log. A restarted run
 loads the last saved step and continues with the next: it ends with the same weights as an
 uninterrupted run (tests/test_expert_iteration.py checks they are equal).
+
+Each record of the log (metrics.jsonl) carries `step`, the EI step, and `optimizer_step`, the optimizer steps
+of the SFT phases so far: the axis on which `trl-math plot` draws EI runs beside SFT's and GRPO's optimizer steps.
 """
 
 from __future__ import annotations
@@ -214,7 +217,8 @@ class ExpertIterationTrainer:
         start = time.monotonic() - (self.log[-1]["wall_time_s"] if self.log else 0.0)
         try:
             if self.args.eval_on_start and not self.log and self.eval_dataset is not None:  # the step-0 point
-                self.log.append({"step": 0, **self._validate(0), "wall_time_s": round(time.monotonic() - start, 3)})
+                self.log.append({"step": 0, "optimizer_step": 0, **self._validate(0),
+                                 "wall_time_s": round(time.monotonic() - start, 3)})
                 if self.state.is_main_process:
                     self._rewrite_metrics()
             for step in range(self.completed_steps, self.args.n_ei_steps):
@@ -243,6 +247,7 @@ class ExpertIterationTrainer:
         ]
         record = {
             "step": step + 1,
+            "optimizer_step": self.log[-1]["optimizer_step"] if self.log else 0,  # + this step's SFT phase, below
             "ei/rollouts": len(completions),
             "ei/kept": len(kept),
             "ei/kept_fraction": len(kept) / len(completions),
@@ -266,6 +271,7 @@ class ExpertIterationTrainer:
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
             record["ei/sft_loss"] = losses[-1] if losses else None
             record["ei/sft_train_loss"] = next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None)
+            record["optimizer_step"] += trainer.state.global_step
         else:  # nothing to learn from: the policy stays as it is
             record["ei/sft_loss"] = record["ei/sft_train_loss"] = None
         record |= self._validate(step + 1)

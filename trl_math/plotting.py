@@ -2,9 +2,11 @@
 
 The assignment's deliverables are such curves (learning-rate sweep, baselines, off-policy sweep...). GRPO,
 SFT and expert iteration all log validation accuracy as `eval_answer_accuracy`, so their runs share a
-figure. A GRPO run's final full validation (`final_eval_answer_accuracy`, every validation problem) is
-drawn apart, as a star, not as a point of the periodic curve. `x="rollout_batch"` puts on- and
-off-policy GRPO runs on one axis (GRPO logs `rollout_batch`).
+figure, and each panel's axis means the same for all three: wall-clock minutes, and optimizer steps (an
+expert-iteration run is drawn at the optimizer steps of its SFT phases so far, its `optimizer_step`, not at
+its EI step, which holds any number of them). A GRPO run's final full validation (`final_eval_answer_accuracy`,
+every validation problem) is drawn apart, as a star, not as a point of the periodic curve. `x="rollout_batch"`
+puts on- and off-policy GRPO runs on one axis (GRPO logs `rollout_batch`).
 Runs are output directories: `metrics.jsonl` (written by MetricsLogCallback, with wall-clock time)
 is preferred; TRL's `trainer_state.json` is the fallback and gives the step axis only.
 """
@@ -19,7 +21,9 @@ from .run_log import METRICS_FILE
 
 # Validation metrics in order of preference when none is named.
 DEFAULT_METRICS = ("eval_answer_accuracy", "eval_answer_reward", "eval_reward", "eval_accuracy")
-X_AXES = {"step": "optimizer step", "rollout_batch": "rollout batch (GRPO)"}
+X_AXES = {"step": "optimizer step (EI: of its SFT phases)", "rollout_batch": "rollout batch (GRPO)"}
+# The record key of each x axis; an expert-iteration run's `step` is its EI step, its `optimizer_step` the axis's.
+_X_KEYS = {"step": ("optimizer_step", "step"), "rollout_batch": ("rollout_batch",)}
 
 
 def load_run(run_dir: str | Path) -> list[dict]:
@@ -63,8 +67,9 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str | None
 
 
 def draw_runs(run_dirs: list[str | Path], metric: str | None = None, labels: list[str] | None = None, x: str = "step"):
-    """A figure of `metric` of each run against `x` ("step" or "rollout_batch") and, where known, wall-clock
-    minutes: one line per run; the final full validation (`final_<metric>`) a star of the run's colour."""
+    """A figure of `metric` of each run against `x` ("step": optimizer steps, EI runs' `optimizer_step`; or
+    "rollout_batch") and, where known, wall-clock minutes: one line per run; the final full validation
+    (`final_<metric>`) a star of the run's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,13 +83,17 @@ def draw_runs(run_dirs: list[str | Path], metric: str | None = None, labels: lis
     final_metric = f"final_{metric}"
     fig, (by_x, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, records in runs.items():
-        points = [r for r in records if metric in r and x in r]
-        finals = [r for r in records if final_metric in r and x in r]
+        key = next((k for k in _X_KEYS[x] if any(k in r for r in records)), x)
+        points = [r for r in records if metric in r and key in r]
+        finals = [r for r in records if final_metric in r and key in r]
+        if key == "step" and any("ei/rollouts" in r for r in records):
+            raise ValueError(f"run {label!r} is an expert-iteration log without optimizer_step (written before "
+                             "trl-math logged it): its steps are EI steps, not optimizer steps")
         if x == "rollout_batch" and any(metric in r for r in records) and not points:
             raise ValueError(f"run {label!r} logged no rollout_batch (only GRPO runs do): plot it with x='step'")
         if not points and not finals:
             continue
-        line, = by_x.plot([r[x] for r in points], [r[metric] for r in points], marker="o", ms=3, label=label)
+        line, = by_x.plot([r[key] for r in points], [r[metric] for r in points], marker="o", ms=3, label=label)
         timed = [r for r in points if "wall_time_s" in r]
         if timed:
             by_time.plot([r["wall_time_s"] / 60 for r in timed], [r[metric] for r in timed], marker="o", ms=3,
@@ -93,7 +102,7 @@ def draw_runs(run_dirs: list[str | Path], metric: str | None = None, labels: lis
             n = r.get("final_eval_n")
             star = {"marker": "*", "s": 160, "color": line.get_color(), "edgecolors": "black", "zorder": 3,
                     "label": f"{label}: final validation" + (f" ({n} problems)" if n else "")}
-            by_x.scatter([r[x]], [r[final_metric]], **star)
+            by_x.scatter([r[key]], [r[final_metric]], **star)
             if "wall_time_s" in r:
                 by_time.scatter([r["wall_time_s"] / 60], [r[final_metric]], **star)
     by_x.set_xlabel(X_AXES[x])

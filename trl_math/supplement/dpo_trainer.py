@@ -19,10 +19,10 @@ What differs, and what this subclass does instead:
   to it and its log-probabilities brought back. It passes through the policy's device once, at start-up;
 - validation accuracy over all pairs: TRL averages per-batch accuracies, so the validation pairs must fill
   whole evaluation batches (checked at start-up);
-- defaults (AlpacaDPOConfig): the course's RMSprop at a constant 1e-6, 64 pairs per optimizer step, no
-  truncation (TRL: max_length 1024), loss logged every step, validation every eval_steps with a checkpoint
-  at each, and the one with the best validation accuracy (the earliest among ties) loaded at the end, so
-  that `save_model` writes it.
+- defaults (AlpacaDPOConfig): the course's (section 5.4): RMSprop at a constant 1e-6, beta 0.1, 64 pairs per
+  optimizer step over all processes (`total_batch`), one epoch over HH, no truncation (TRL: max_length
+  1024), the loss logged every step, validation every eval_steps with a checkpoint at each, and the one with
+  the best validation accuracy (the earliest among ties) loaded at the end, so that `save_model` writes it.
 TRL options that would change the course's objective are rejected: TRL's own DPOTrainer has them.
 """
 
@@ -36,6 +36,7 @@ from trl import DPOConfig, DPOTrainer
 from ..model_card import AssignmentModelCardMixin
 from ..run_log import MetricsLogCallback
 from .alpaca import alpaca_prompt
+from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
 
 # DPOConfig options that change the course's loss, with the only value accepted.
 _COURSE_OBJECTIVE = {
@@ -51,7 +52,7 @@ PAIR_COLUMNS = ("instruction", "chosen", "rejected")
 
 
 @dataclass
-class AlpacaDPOConfig(DPOConfig):
+class AlpacaDPOConfig(TotalTrainBatch, DPOConfig):
     """DPOConfig with the course's DPO defaults (section 5.4) and `ref_model_device`; see the module doc."""
 
     ref_model_device: str | None = field(
@@ -62,10 +63,17 @@ class AlpacaDPOConfig(DPOConfig):
     optim: str = field(default="rmsprop", metadata={"help": "Optimizer (the course: torch.optim.RMSprop)."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate (the course: 1e-6)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule (the course gives none)."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Pairs per micro-batch."})
-    gradient_accumulation_steps: int = field(
-        default=32, metadata={"help": "Micro-batches per optimizer step: 2 x 32 = 64 pairs, the course's batch."}
+    beta: float = field(default=0.1, metadata={"help": "DPO's beta, the KL penalty's weight (the course: 0.1)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs (the course: one "
+                                                                   "epoch over HH)."})
+    total_train_batch_size: int = field(
+        default=64, metadata={"help": "Pairs per optimizer step, over all processes (the course: a batch size of 64)."}
     )
+    gradient_accumulation_steps: int = field(
+        default=32, metadata={"help": "Micro-batches per optimizer step on each process: 32 gives micro-batches of 2 "
+                              "pairs in one process."}
+    )
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": PER_DEVICE_HELP})
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate prompt + response to this many tokens. None: never (the course's)."}
     )

@@ -12,7 +12,8 @@ trained to predict the token after next. So the trainer
   by Trainer, as the course's gradient accumulation does. Logged: `loss`, `eval_loss` (validation chunks
   packed the same way), TRL's `mean_token_accuracy` and `entropy`, and <output_dir>/metrics.jsonl.
 
-InstructionTuningConfig is SFTConfig with the course's hyperparameters as defaults; TRL's own dataset
+InstructionTuningConfig is SFTConfig with the course's hyperparameters as defaults; its batch is the total over
+processes, 32 sequences per optimizer step whatever the GPU count (`total_batch`). TRL's own dataset
 preparation is skipped, and the TRL options that would act on it are rejected.
 """
 
@@ -27,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from ..model_card import AssignmentModelCardMixin
 from ..run_log import MetricsLogCallback
 from .instruction_data import PackedSFTDataset
+from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
 
 # TRL options that act on the dataset preparation or labels this trainer replaces, with the only value accepted.
 _UNSUPPORTED_TRL_OPTIONS = {
@@ -42,7 +44,7 @@ _UNSUPPORTED_TRL_OPTIONS = {
 
 
 @dataclass
-class InstructionTuningConfig(SFTConfig):
+class InstructionTuningConfig(TotalTrainBatch, SFTConfig):
     """SFTConfig with the course's instruction-tuning defaults (section 3.2.2, problem sft); see the module doc."""
 
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (the course: 2e-5)."})
@@ -51,14 +53,16 @@ class InstructionTuningConfig(SFTConfig):
         default=0.03, metadata={"help": "Linear warmup: a number of steps, or a fraction of them below 1 (the course: 3%)."}
     )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the packed chunks (the course: one)."})
-    per_device_train_batch_size: int = field(
-        default=2,
-        metadata={"help": "Sequences per micro-batch (the course: 2 on an 80 GB GPU with bf16 and FlashAttention-2)."},
+    total_train_batch_size: int = field(
+        default=32,
+        metadata={"help": "Sequences per optimizer step, over all processes (the course: a total batch size of 32)."},
     )
     gradient_accumulation_steps: int = field(
         default=16,
-        metadata={"help": "Micro-batches per optimizer step: 2 x 16 = 32 sequences per step, the course's batch."},
+        metadata={"help": "Micro-batches per optimizer step on each process: 16 gives micro-batches of 2 sequences on "
+                  "one GPU (the course's, on an 80 GB GPU with bf16 and FlashAttention-2), of 1 on two."},
     )
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": PER_DEVICE_HELP})
     max_length: int | None = field(
         default=None, metadata={"help": "Not used: sequences are the packed chunks, of InstructionDataArguments.seq_length."}
     )
