@@ -129,6 +129,11 @@ def test_grpo_sft_and_ei_runs_share_a_figure_and_the_final_validation_stands_apa
                                                   for r in read_metrics(ei / "metrics.jsonl")])
     with pytest.raises(ValueError, match="'old_ei' is an expert-iteration log without optimizer_step"):
         draw_runs([old_ei])
+    # nor is such a run resumed by this version, whose new records carry optimizer_step None (unknown)
+    resumed = _write_metrics(tmp_path / "resumed_ei", [*read_metrics(old_ei / "metrics.jsonl"), {
+        "step": 3, "optimizer_step": None, "wall_time_s": 400, "ei/rollouts": 2048, "eval_answer_accuracy": 0.25}])
+    with pytest.raises(ValueError, match="'resumed_ei' is an expert-iteration log without optimizer_step"):
+        draw_runs([resumed])
 
 
 def test_plot_cli_names_a_missing_metric(tmp_path, capsys):

@@ -247,7 +247,9 @@ class ExpertIterationTrainer:
         ]
         record = {
             "step": step + 1,
-            "optimizer_step": self.log[-1]["optimizer_step"] if self.log else 0,  # + this step's SFT phase, below
+            # + this step's SFT phase, below; None (unknown) on in a run resumed from a log written before trl-math
+            # counted it, which `trl-math plot` then refuses to draw on the optimizer-step axis
+            "optimizer_step": self.log[-1].get("optimizer_step") if self.log else 0,
             "ei/rollouts": len(completions),
             "ei/kept": len(kept),
             "ei/kept_fraction": len(kept) / len(completions),
@@ -271,7 +273,8 @@ class ExpertIterationTrainer:
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
             record["ei/sft_loss"] = losses[-1] if losses else None
             record["ei/sft_train_loss"] = next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None)
-            record["optimizer_step"] += trainer.state.global_step
+            if record["optimizer_step"] is not None:
+                record["optimizer_step"] += trainer.state.global_step
         else:  # nothing to learn from: the policy stays as it is
             record["ei/sft_loss"] = record["ei/sft_train_loss"] = None
         record |= self._validate(step + 1)

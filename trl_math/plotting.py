@@ -84,9 +84,10 @@ def draw_runs(run_dirs: list[str | Path], metric: str | None = None, labels: lis
     fig, (by_x, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, records in runs.items():
         key = next((k for k in _X_KEYS[x] if any(k in r for r in records)), x)
-        points = [r for r in records if metric in r and key in r]
-        finals = [r for r in records if final_metric in r and key in r]
-        if key == "step" and any("ei/rollouts" in r for r in records):
+        points = [r for r in records if metric in r and r.get(key) is not None]
+        finals = [r for r in records if final_metric in r and r.get(key) is not None]
+        if key != "rollout_batch" and any("ei/rollouts" in r for r in records) and \
+                any(r.get("optimizer_step") is None for r in records if metric in r):
             raise ValueError(f"run {label!r} is an expert-iteration log without optimizer_step (written before "
                              "trl-math logged it): its steps are EI steps, not optimizer steps")
         if x == "rollout_batch" and any(metric in r for r in records) and not points:
