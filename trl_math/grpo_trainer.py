@@ -255,8 +255,8 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         """TRL's rollout buffering, with each new rollout batch's micro-batches laid out by the levers."""
         buffered = self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
-        if not self.model.training:
-            return inputs
+        if not self.model.training:  # TRL's evaluation batch (trl-math's `evaluate` samples without it)
+            return batching.micro_batch(inputs, self._tokenizer.pad_token_id, self.levers.trim)
         position = self._step % self.args.steps_per_generation
         if self._buffered_inputs is not buffered:  # TRL generated, shuffled and split a new rollout batch
             current_step = position // self.args.gradient_accumulation_steps
