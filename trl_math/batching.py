@@ -20,9 +20,12 @@ reassociation (tests/test_batching.py checks it in float64 to a relative 1e-10):
   finite), its raw reward is exactly 0 (no_baseline), or it has no loss token. It adds an exact 0 to the step's sum,
   and the loss keeps the configured micro-batch size as its denominator, so the update is unchanged. Exact zeros
   only: a group of equal rewards such as 0.3 may get a tiny nonzero advantage from float round-off, and is kept.
-  The kept rows fill the step's first micro-batches; the rest are empty, and the trainer runs a zero-weighted
-  forward and backward of `placeholder_micro_batch` for each, so that every process runs the same forwards and
-  backwards: DDP's gradient all-reduce, and FSDP's and ZeRO-3's parameter gathers, see every process.
+  The kept rows fill the step's first micro-batches; the rest are empty. In a distributed run the trainer runs a
+  zero-weighted forward and backward of `placeholder_micro_batch` for each, so that every process runs the same
+  forwards and backwards: DDP's gradient all-reduce, and FSDP's and ZeRO-3's parameter gathers, see every process.
+  A single plain process has nothing to join and runs nothing, except once in an optimizer step that forwards no
+  row at all: its gradients are then zeros, not none, and the optimizer steps (momentum, step count) as it would
+  on the padded rows.
 
 SFT (`group_sft_micro_batches`): the assignment's SFT loss is a per-example sum divided by a constant, averaged over
 equal micro-batches, so regrouping the rows of an optimizer step by length, each micro-batch cut to its longest

@@ -45,6 +45,7 @@ import os
 import sys
 
 import torch
+from accelerate.utils import DistributedType
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
@@ -139,7 +140,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         metrics = ("entropy", "tokens", "rows") + {"grpo_clip": ("clipped", "ratio"), "grpo_no_clip": ("ratio",)}.get(
             args.loss_type, ())
         self._step_totals = StepTotals(metrics)
-        self._micro_batches_in_step = 0
+        self._micro_batches_in_step = self._rows_in_step = 0  # of the optimizer step in progress, on this process
         if args.max_train_hours is not None:
             self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
@@ -275,10 +276,18 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         if self._old_log_probs_needed:
             with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
                 for index, batch in enumerate(planned):
-                    if index // per_step != current_step:  # an empty micro-batch still forwards (collectives)
+                    empty = batch["completion_ids"].size(0) == 0
+                    if index // per_step != current_step and (not empty or self._collective_forwards):
                         log_probs, _ = self._forward_micro_batch(self.model, batch)
                         batch["old_per_token_logps"] = log_probs[: batch["completion_ids"].size(0)]
         return planned
+
+    @property
+    def _collective_forwards(self) -> bool:
+        """Whether every forward must run on every process (DDP's gradient all-reduce in the last backward of a step,
+        FSDP's and DeepSpeed's parameter gathers): an empty micro-batch then forwards a placeholder. A single plain
+        process skips it, except in a step that forwarded no row (`_compute_loss`)."""
+        return self.accelerator.distributed_type != DistributedType.NO
 
     def _forward_micro_batch(self, model, batch: dict, compute_entropy: bool = False):
         """(log-probs, entropies or None) of each row's completion tokens, (rows, completion width), from one forward
@@ -320,9 +329,15 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
     # --------------------------------------------------------------------------------------------- loss
     def _compute_loss(self, model, inputs):
         rows = inputs["completion_ids"].size(0)
-        if rows == 0:  # every row was left out: a zero-weighted forward and backward join the collectives
+        if rows == 0:  # every row was left out
+            last = self._micro_batches_in_step + 1 == self.current_gradient_accumulation_steps
+            if not self._collective_forwards and not (last and self._rows_in_step == 0):
+                return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+            # A zero-weighted forward and backward: every process joins the collectives; and a step that forwarded
+            # no row leaves zero gradients, not none, so that the optimizer steps as it would on the padded rows.
             placeholder, _ = self._forward_micro_batch(model, inputs)
             return placeholder.sum() * 0.0
+        self._rows_in_step += rows
         log_probs, entropies = self._forward_micro_batch(model, inputs, compute_entropy=True)
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         old_log_probs = inputs.get("old_per_token_logps")
@@ -365,7 +380,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._micro_batches_in_step += 1
         if self._micro_batches_in_step == self.current_gradient_accumulation_steps:
-            self._micro_batches_in_step = 0
+            self._micro_batches_in_step = self._rows_in_step = 0
             self._log_step_totals()
         return loss
 
