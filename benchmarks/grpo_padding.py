@@ -94,14 +94,15 @@ def build(variant: str, model, tokenizer, script, out: Path, steps: int, max_com
     common = dict(output_dir=str(out), max_steps=steps, learning_rate=1e-6, max_completion_length=max_completion,
                   bf16=gpu, use_cpu=not gpu, report_to="none", save_strategy="no", logging_steps=1, seed=0,
                   disable_tqdm=True, log_completions=False, gradient_accumulation_steps=rollout // MICRO_BATCH)
-    kwargs = dict(model=model, reward_funcs=[scripted_reward], train_dataset=Dataset.from_dict({"prompt": list(script)}),
-                  processing_class=tokenizer, rollout_func=ScriptedRollouts(script))
+    kwargs = dict(model=model, reward_funcs=[scripted_reward], processing_class=tokenizer,
+                  train_dataset=Dataset.from_dict({"prompt": list(script)}), rollout_func=ScriptedRollouts(script))
     if variant == "stock_trl":
-        args = GRPOConfig(loss_type="grpo", beta=0.0, num_generations=GROUP_SIZE, per_device_train_batch_size=MICRO_BATCH,
-                          generation_batch_size=rollout, **common)
+        args = GRPOConfig(loss_type="grpo", beta=0.0, num_generations=GROUP_SIZE, generation_batch_size=rollout,
+                          per_device_train_batch_size=MICRO_BATCH, **common)
         return GRPOTrainer(args=args, **kwargs)
     levers = {"levers_off": batching.NONE, "trim": batching.Levers(trim=True, group=False, skip=False),
-              "trim_group": batching.Levers(trim=True, group=True, skip=False), "trim_group_skip": batching.ALL}[variant]
+              "trim_group": batching.Levers(trim=True, group=True, skip=False),
+              "trim_group_skip": batching.ALL}[variant]
     args = MathGRPOConfig(rollout_batch_size=rollout, group_size=GROUP_SIZE, train_batch_size=rollout, stop_string=None,
                           min_new_tokens=1, **common)
     return MathGRPOTrainer(args=args, levers=levers, **kwargs)
@@ -218,7 +219,8 @@ def main(argv=None, make_model=tiny_model, defaults=None):
         result[variant] = {
             "positions_per_step": positions, "training_s_per_step": round(seconds, 4),
             "step_s": round(statistics.median(run["step_s"]), 4),
-            "positions_vs_stock": round(positions / stock_positions, 3), "time_vs_stock": round(seconds / stock_seconds, 3),
+            "positions_vs_stock": round(positions / stock_positions, 3),
+            "time_vs_stock": round(seconds / stock_seconds, 3),
             "real_tokens_per_training_s": round(statistics.median(run["real"]) / seconds, 1),
         }
         if run["peak_gib"]:

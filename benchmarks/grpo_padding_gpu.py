@@ -35,5 +35,6 @@ if __name__ == "__main__":
     if not torch.cuda.is_available():
         raise SystemExit("grpo_padding_gpu.py needs a GPU; benchmarks/grpo_padding.py is the CPU version")
     main(make_model=qwen25_math_1_5b_shape, defaults={
-        "gpu": True, "scale": 1.0, "rounds": 2, "steps": 3, "output": ROOT / "benchmarks" / "results" / "grpo_padding_gpu.json",
+        "gpu": True, "scale": 1.0, "rounds": 2, "steps": 3,
+        "output": ROOT / "benchmarks" / "results" / "grpo_padding_gpu.json",
     })

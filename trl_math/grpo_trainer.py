@@ -31,8 +31,9 @@ Old log-probs: computed once per rollout batch, without gradient, when TRL needs
 serves several optimizer steps); on-policy they equal the detached current log-probs, which is what TRL passes.
 With the levers on, the pass runs on the very micro-batches training will run, right after generation, for every
 optimizer step but the one in progress: that step's forwards run at the rollout's weights, so their detached
-log-probs are its old log-probs (exactly: the same forward), kept for the later epochs. TRL's own pass (levers
-off, or with vllm_importance_sampling_correction, which needs them at generation) runs at TRL's full width.
+log-probs are its old log-probs (exactly: the same forward), kept for the later epochs. TRL's own pass runs
+with the levers off (at TRL's width) and with vllm_importance_sampling_correction, whose ratio needs the old
+log-probs at generation (trimmed chunk by chunk, in TRL's order, every row).
 
 Checkpoints appear whole and record the training time, which `max_train_hours` counts over a resumed run
 (trl_math.checkpoints).
