@@ -184,6 +184,18 @@ def test_one_step_forwards_real_tokens_only(untied_checkpoint, tmp_path):
     assert counted["on"] < 0.5 * counted["off"]
 
 
+def test_training_metrics_cost_one_collective_per_optimizer_step(untied_checkpoint, tmp_path, monkeypatch):
+    """Two optimizer steps of 8 micro-batches: two all-reduces of the metrics (no host sync per micro-batch)."""
+    from accelerate import Accelerator
+
+    reduce, calls = Accelerator.reduce, []
+    monkeypatch.setattr(Accelerator, "reduce", lambda self, *a, **kw: calls.append(1) or reduce(self, *a, **kw))
+    trainer, _, grads, _ = scripted_grpo.train(untied_checkpoint, tmp_path, loss_type="grpo_clip", max_steps=2)
+    assert len(grads) == 2 and len(calls) == 2
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all({"entropy", "clip_fraction", "ratio/mean", "skipped_rows"} <= entry.keys() for entry in logged)
+
+
 # ------------------------------------------------------------------------------------------ GRPO, off-policy
 def test_off_policy_epochs_with_clipping_end_at_the_same_weights(untied_checkpoint, tmp_path):
     """grpo_clip, 2 epochs over rollout batches of 2 optimizer steps each, 8 steps. Plain SGD (AdamW would turn the
