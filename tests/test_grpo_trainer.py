@@ -22,6 +22,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from trl_math import batching
 from trl_math.advantages import compute_group_normalized_rewards
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grading import r1_zero_reward_fn
@@ -219,7 +220,9 @@ def test_update_does_not_depend_on_micro_batching(tiny_checkpoint, tiny_tokenize
     assert_same_grads(results[4][1], expected_grads)
 
 
-def test_off_policy_reuses_old_log_probs_computed_once_per_rollout_batch(tiny_checkpoint, tiny_tokenizer, tmp_path):
+def test_off_policy_old_log_probs_are_the_rollout_policys_computed_once(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    """Old log-probs without gradient, at the rollout's weights, once per row: the optimizer step in progress at
+    generation takes them from its own forwards, the other step from one pass right after generation."""
     # rollout 8, train batch 4, 2 epochs: 2 train steps x 2 epochs = 4 optimizer steps per rollout batch.
     args = tiny_config(
         tmp_path, loss_type="grpo_clip", train_batch_size=4, gradient_accumulation_steps=2,
@@ -229,13 +232,13 @@ def test_off_policy_reuses_old_log_probs_computed_once_per_rollout_batch(tiny_ch
     trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
                               train_dataset=prompt_dataset())
     calls = {"no_grad": 0, "grad": 0}
-    logps = trainer._get_per_token_logps_and_entropies
+    forward = trainer._forward_micro_batch
 
     def counting(*a, **kw):
         calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
-        return logps(*a, **kw)
+        return forward(*a, **kw)
 
-    trainer._get_per_token_logps_and_entropies = counting
+    trainer._forward_micro_batch = counting
     rollouts, loss_inputs = [], []
     generate_and_score = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: rollouts.append(generate_and_score(inputs)) or rollouts[-1]
@@ -245,23 +248,35 @@ def test_off_policy_reuses_old_log_probs_computed_once_per_rollout_batch(tiny_ch
 
     assert trainer.state.global_step == 8
     assert len(rollouts) == 2  # 4 optimizer steps per rollout batch
-    assert [inputs["completion_ids"].size(0) for inputs in loss_inputs] == [2] * 16  # micro-batches of 2
-    assert calls == {"no_grad": 2, "grad": 16}  # old log-probs once per rollout batch; 2 micro-batches per step
-    for batch, rollout in enumerate(rollouts):
-        old = rollout["old_per_token_logps"]
-        assert not old.requires_grad
+    # Per rollout batch, one pass over the (non-empty) micro-batches of step 2; training forwards skip empty ones.
+    assert len(loss_inputs) == 16
+    forwarded = [inputs["completion_ids"].size(0) > 0 for inputs in loss_inputs]
+    assert calls == {"no_grad": sum(forwarded[2:4]) + sum(forwarded[10:12]), "grad": sum(forwarded)}
+    for batch in range(2):  # the second epoch runs the first's micro-batches again, in the same order
         used = loss_inputs[8 * batch : 8 * (batch + 1)]
-        for epoch in range(2):  # each epoch's 4 micro-batches hold exactly the rows of the stored old log-probs
-            seen = torch.cat([inputs["old_per_token_logps"] for inputs in used[4 * epoch : 4 * (epoch + 1)]])
-            assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, old.tolist()))
-    # The first batch's old log-probs are the initial policy's.
+        assert all(used[4 + k] is used[k] for k in range(4))
+    # The first rollout batch's old log-probs are the initial policy's, row by row.
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
     with torch.no_grad():
         expected, mask = response_log_probs(model, rows(rollouts[0]))
-    old = rollouts[0]["old_per_token_logps"][:, : expected.size(1)]
-    torch.testing.assert_close(old * mask, expected * mask, rtol=1e-4, atol=1e-5)
+    reference = {tuple(torch.cat(pair).tolist()): (lp, m) for pair, lp, m in zip(rows(rollouts[0]), expected, mask)}
+    checked = 0
+    for inputs in loss_inputs[:4]:
+        old = inputs["old_per_token_logps"]
+        assert not old.requires_grad
+        for i in range(inputs["completion_ids"].size(0)):
+            length = int(inputs["completion_mask"][i].sum())
+            real = inputs["input_ids"][i, : int(inputs["completion_start"][i]) + length]
+            log_probs, row_mask = reference[tuple(real.tolist())]
+            torch.testing.assert_close(old[i, :length], log_probs[row_mask], rtol=1e-4, atol=1e-5)
+            checked += 1
+    assert checked == 8 - skipped_rows(rollouts[0])
     clip = [entry["clip_fraction"] for entry in trainer.state.log_history if "clip_fraction" in entry]
     assert clip[0] == 0.0 and max(clip) > 0.0  # the policy moves within a rollout batch, and gets clipped
+
+
+def skipped_rows(rollout) -> int:
+    return int((rollout["advantages"] == 0).sum())
 
 
 def test_validation_spends_no_policy_forward_pass_off_policy(tiny_checkpoint, tmp_path):
@@ -286,7 +301,8 @@ def test_equal_rewards_give_zero_advantages_and_no_nan(tiny_checkpoint, tmp_path
                        epochs_per_rollout_batch=2, max_steps=2)
     trainer, rollouts, grads = run(tiny_checkpoint, args, reward=constant_reward)
     assert torch.equal(rollouts[0]["advantages"], torch.zeros(8))
-    for step_grads in grads:
+    for step_grads in grads:  # all rows skipped (but no_baseline's): zero gradients, not none, for the optimizer
+        assert len(step_grads) == len(list(trainer.model.parameters()))
         flat = torch.cat([g.flatten() for g in step_grads.values()])
         assert torch.isfinite(flat).all()
         assert (flat.abs().sum() > 0) == (loss_type == "no_baseline")  # raw rewards of 1 still push
@@ -318,7 +334,8 @@ def test_fixed_batch_with_old_log_probs_and_a_masked_row(
     tiny_checkpoint, tiny_tokenizer, tmp_path, loss_type, length_normalization
 ):
     args = tiny_config(tmp_path, loss_type=loss_type, length_normalization=length_normalization,
-                       group_size=2, rollout_batch_size=4, train_batch_size=4, cliprange=0.1)
+                       group_size=2, rollout_batch_size=8, train_batch_size=8, cliprange=0.1)
+    assert args.per_device_train_batch_size == 4
     trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
                               train_dataset=prompt_dataset())
     batch = fixed_batch(tiny_tokenizer, old_shift=0.3)
@@ -333,7 +350,7 @@ def test_fixed_batch_with_old_log_probs_and_a_masked_row(
     inputs["old_per_token_logps"] += batch["old_shift"]
     trainer.current_gradient_accumulation_steps = 2  # what TRL's loop sets: this micro-batch is one of two
     model.zero_grad()
-    loss = trainer.compute_loss(model, inputs)
+    loss = trainer.compute_loss(model, batching.micro_batch(inputs, tiny_tokenizer.pad_token_id, trim=True))
     loss.backward()
     assert torch.isfinite(loss)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -353,6 +370,7 @@ def test_fixed_batch_with_old_log_probs_and_a_masked_row(
     assert_same_grads(grads, {n: p.grad for n, p in reference.named_parameters() if p.grad is not None})
     if loss_type == "grpo_clip":
         assert metadata["clipped"][mask].any()  # the shift is large enough for clipping to matter
+        trainer._log_step_totals()  # what training_step does after an optimizer step's last micro-batch
         assert trainer._metrics["train"]["clip_fraction"][-1] == pytest.approx(
             metadata["clipped"][mask].float().mean().item()
         )

@@ -113,6 +113,17 @@ class MathGRPOConfig(GRPOConfig):
         },
     )
 
+    length_aware_batching: bool = field(
+        default=True,
+        metadata={
+            "help": "Train on real tokens only (trl_math.batching): each micro-batch trimmed to its own rows' tokens, "
+            "an optimizer step's rows grouped by length, rows whose gradient is exactly zero (advantage 0; raw reward "
+            "0 for no_baseline) not forwarded, old log-probs of the optimizer step in progress at generation taken "
+            "from its own forward. The update is the same up to float reassociation. False: TRL's padded "
+            "micro-batches, for comparison and debugging."
+        },
+    )
+
     # Rollouts as the assignment samples them
     stop_string: str | None = field(
         default="</answer>",

@@ -11,17 +11,29 @@ Overridden hooks, each calling TRL for everything it does not change:
 - `_generate_and_score_completions` can replace TRL's advantages with `normalize_group_rewards` on whole
   groups of the gathered rewards (the assignment's compute_group_normalized_rewards), slice back this
   process's rows, and carry the raw rewards to the loss (no_baseline needs them);
+- `_prepare_inputs` lays out each new rollout batch's micro-batches with the length-aware levers
+  (trl_math.batching, `length_aware_batching`): trimmed to real tokens, an optimizer step's rows grouped by
+  length, rows whose gradient is exactly zero left out; every forward gives each row its own rotary positions
+  from 0, as vLLM samples them;
 - `_compute_loss` is the assignment's loss: per-token loss from `compute_policy_gradient_loss`, reduced by
-  masked_mean or masked_normalize per example, averaged over the micro-batch, divided by the number of
-  micro-batches, so the update does not depend on how a train batch is cut into micro-batches;
+  masked_mean or masked_normalize per example, summed over the micro-batch's rows and divided by the configured
+  micro-batch size (the micro-batch mean when no row was left out), divided by the number of micro-batches, so
+  the update does not depend on how a train batch is cut into micro-batches;
+- `training_step` logs entropy, clip fraction, ratio and skipped rows once per optimizer step, from sums over the
+  step's micro-batches reduced in one collective (trl_math.step_metrics);
 - `evaluate` is validation accuracy (trl_math.validation), not TRL's evaluation loop: one completion per
   validation problem, sampled by the trainer's own generation (`GRPOGenerationSampler`: vLLM colocate or
   server, or transformers, with the policy's current weights), each problem once however many processes,
   graded with the course's reward for the prompt (`validation_reward_fn`) whatever reward trains, and
   averaged over problems. No policy forward pass is spent on validation.
 
-Old log-probs are TRL's: computed once per rollout batch, without gradient, when the rollout batch is
-reused (off-policy); on-policy they equal the detached current log-probs, which is what TRL passes.
+Old log-probs: computed once per rollout batch, without gradient, when TRL needs them (the rollout batch
+serves several optimizer steps); on-policy they equal the detached current log-probs, which is what TRL passes.
+With the levers on, the pass runs on the very micro-batches training will run, right after generation, for every
+optimizer step but the one in progress: that step's forwards run at the rollout's weights, so their detached
+log-probs are its old log-probs (exactly: the same forward), kept for the later epochs. TRL's own pass runs
+with the levers off (at TRL's width) and with vllm_importance_sampling_correction, whose ratio needs the old
+log-probs at generation (trimmed chunk by chunk, in TRL's order, every row).
 
 Checkpoints appear whole and record the training time, which `max_train_hours` counts over a resumed run
 (trl_math.checkpoints).
@@ -34,9 +46,12 @@ import os
 import sys
 
 import torch
+from accelerate.utils import DistributedType
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
+from . import batching
 from .advantages import normalize_group_rewards
 from .callbacks import WallClockBudgetCallback
 from .checkpoints import ResumableTrainerMixin
@@ -49,6 +64,7 @@ from .losses import aggregate_per_token_loss, compute_policy_gradient_loss
 from .model_card import AssignmentModelCardMixin
 from .run_log import MetricsLogCallback
 from .sampling import Completion, Sampler, completion_from_token_ids
+from .step_metrics import StepTotals
 from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 
@@ -96,7 +112,8 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
 
     `validation_reward_fn(response, ground_truth)`: the course's reward of the prompt (r1_zero_reward_fn, or
     question_only_reward_fn for the question_only prompt); validation grades with it, whatever `reward_funcs`
-    train on.
+    train on. `levers` (trl_math.batching.Levers) sets the length-aware levers one by one instead of
+    `args.length_aware_batching` (all or none), as benchmarks/grpo_padding.py does to measure each.
     """
 
     _tag_names = ["trl", "grpo", "trl-math"]
@@ -104,7 +121,8 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
     _name = "MathGRPO"
     assignment_problem = "grpo_train_loop (GRPO experiments)"
 
-    def __init__(self, model, reward_funcs, args: MathGRPOConfig, validation_reward_fn=r1_zero_reward_fn, **kwargs):
+    def __init__(self, model, reward_funcs, args: MathGRPOConfig, validation_reward_fn=r1_zero_reward_fn,
+                 levers: batching.Levers | None = None, **kwargs):
         if not isinstance(args, MathGRPOConfig):
             raise TypeError(f"MathGRPOTrainer needs a MathGRPOConfig, got {type(args).__name__}")
         if args.reward_weights is None:  # e.g. make_trl_reward_funcs: answer 1.0, format 0.0 (logged only)
@@ -117,6 +135,13 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         self.validation_reward_fn = validation_reward_fn
         self._grading_pool = None
         self._rollouts_trimmed = False
+        self.levers = levers if levers is not None else batching.ALL if args.length_aware_batching else batching.NONE
+        self._defer_old_log_probs = False  # set while TRL scores a rollout batch whose old log-probs we compute
+        self._old_log_probs_needed = False
+        metrics = ("entropy", "tokens", "rows") + {"grpo_clip": ("clipped", "ratio"), "grpo_no_clip": ("ratio",)}.get(
+            args.loss_type, ())
+        self._step_totals = StepTotals(metrics)
+        self._micro_batches_in_step = self._rows_in_step = 0  # of the optimizer step in progress, on this process
         if args.max_train_hours is not None:
             self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
@@ -167,7 +192,14 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
 
     # --------------------------------------------------------------------------------------- advantages
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        # With the levers on, TRL's old-log-prob pass is left to `_lay_out_rollout_batch`, except with
+        # vllm_importance_sampling_correction, whose ratio needs the old log-probs now.
+        self._defer_old_log_probs = self.levers.any and not (self.use_vllm and self.vllm_importance_sampling_correction)
+        self._old_log_probs_needed = False
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._defer_old_log_probs = False
         rewards_per_func = self._gathered_rewards_per_func
         unscored = torch.isnan(rewards_per_func).all(dim=1)
         if unscored.any():
@@ -220,22 +252,106 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
                     "advantage": output["advantages"][offset].item(),
                 })
 
+    # -------------------------------------------------------------------------------------- micro-batches
+    def _prepare_inputs(self, generation_batch):
+        """TRL's rollout buffering, with each new rollout batch's micro-batches laid out by the levers."""
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if not self.model.training:  # TRL's evaluation batch (trl-math's `evaluate` samples without it)
+            return batching.micro_batch(inputs, self._tokenizer.pad_token_id, self.levers.trim)
+        position = self._step % self.args.steps_per_generation
+        if self._buffered_inputs is not buffered:  # TRL generated, shuffled and split a new rollout batch
+            current_step = position // self.args.gradient_accumulation_steps
+            self._buffered_inputs = self._lay_out_rollout_batch(self._buffered_inputs, current_step)
+        return self._buffered_inputs[position]
+
+    def _lay_out_rollout_batch(self, micro_batches: list[dict], current_step: int) -> list[dict]:
+        """TRL's micro-batches of a new rollout batch as trl_math.batching lays them out; when TRL needs old log-probs,
+        they are computed here, at the rollout's weights, on the laid-out micro-batches of every optimizer step but
+        `current_step` (the one in progress, whose own forwards give them: `_compute_loss`)."""
+        per_step = self.args.gradient_accumulation_steps
+        planned = batching.length_aware_micro_batches(
+            micro_batches, per_step, self.levers, self._tokenizer.pad_token_id,
+            skippable=lambda rows: batching.zero_gradient_rows(self.args.loss_type, rows),
+        )
+        if self._old_log_probs_needed:
+            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                for index, batch in enumerate(planned):
+                    empty = batch["completion_ids"].size(0) == 0
+                    if index // per_step != current_step and (not empty or self._collective_forwards):
+                        log_probs, _ = self._forward_micro_batch(self.model, batch)
+                        batch["old_per_token_logps"] = log_probs[: batch["completion_ids"].size(0)]
+        return planned
+
+    @property
+    def _collective_forwards(self) -> bool:
+        """Whether every forward must run on every process (DDP's gradient all-reduce in the last backward of a step,
+        FSDP's and DeepSpeed's parameter gathers): an empty micro-batch then forwards a placeholder. A single plain
+        process skips it, except in a step that forwarded no row (`_compute_loss`)."""
+        return self.accelerator.distributed_type != DistributedType.NO
+
+    def _forward_micro_batch(self, model, batch: dict, compute_entropy: bool = False):
+        """(log-probs, entropies or None) of each row's completion tokens, (rows, completion width), from one forward
+        of a trl_math.batching micro-batch through TRL's fused LM head. An empty micro-batch forwards
+        `placeholder_micro_batch` instead, and its one row's values come back."""
+        if batch["input_ids"].size(0) == 0:
+            batch = batching.placeholder_micro_batch(self._tokenizer.pad_token_id, batch["input_ids"].device)
+        with self.accelerator.autocast():
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            position_ids=batch["position_ids"], labels=batch["labels"], fused_lm_head=True)
+        entropies = batching.completion_values(outputs.entropy, batch) if compute_entropy else None
+        return batching.completion_values(outputs.log_probs, batch), entropies
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        """TRL's forward hook, for TRL's own old-log-prob pass: text only, in chunks of `batch_size` rows, each laid
+        out by the trim lever with rotary positions from each row's first token (`_forward_micro_batch`). While
+        `_defer_old_log_probs` is set it computes nothing and returns Nones (`_lay_out_rollout_batch` will)."""
+        if any(value is not None for value in multimodal.values()):
+            given = sorted(name for name, value in multimodal.items() if value is not None)
+            raise ValueError(f"MathGRPOTrainer trains text-only models; got multimodal inputs {given}")
+        if self._defer_old_log_probs:
+            self._old_log_probs_needed = True
+            return None, None, None
+        prompt_width = input_ids.size(1) - logits_to_keep
+        rows = {"prompt_ids": input_ids[:, :prompt_width], "prompt_mask": attention_mask[:, :prompt_width],
+                "completion_ids": input_ids[:, prompt_width:], "completion_mask": attention_mask[:, prompt_width:]}
+        size = batch_size or input_ids.size(0)
+        log_probs, entropies = [], []
+        for start in range(0, input_ids.size(0), size):
+            chunk = {key: value[start : start + size] for key, value in rows.items()}
+            values = self._forward_micro_batch(model, batching.micro_batch(chunk, self._tokenizer.pad_token_id,
+                                                                           self.levers.trim), compute_entropy)
+            log_probs.append(values[0])
+            entropies.append(values[1])
+        widen = lambda parts: torch.cat([torch.nn.functional.pad(p, (0, logits_to_keep - p.size(1))) for p in parts])
+        return widen(log_probs), widen(entropies) if compute_entropy else None, None
+
     # --------------------------------------------------------------------------------------------- loss
     def _compute_loss(self, model, inputs):
-        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        log_probs, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
-        )
+        rows = inputs["completion_ids"].size(0)
+        if rows == 0:  # every row was left out
+            last = self._micro_batches_in_step + 1 == self.current_gradient_accumulation_steps
+            if not self._collective_forwards and not (last and self._rows_in_step == 0):
+                return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+            # A zero-weighted forward and backward: every process joins the collectives; and a step that forwarded
+            # no row leaves zero gradients, not none, so that the optimizer steps as it would on the padded rows.
+            placeholder, _ = self._forward_micro_batch(model, inputs)
+            return placeholder.sum() * 0.0
+        self._rows_in_step += rows
+        log_probs, entropies = self._forward_micro_batch(model, inputs, compute_entropy=True)
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         old_log_probs = inputs.get("old_per_token_logps")
+        if old_log_probs is None:  # on-policy, or the optimizer step in progress at generation (module doc)
+            old_log_probs = log_probs.detach()
+            if self.num_iterations > 1:  # later epochs of this rollout batch revisit this very micro-batch
+                inputs["old_per_token_logps"] = old_log_probs
         per_token_loss, metadata = compute_policy_gradient_loss(
             log_probs,
             self.args.loss_type,
             raw_rewards=inputs["raw_rewards"].unsqueeze(1),
             advantages=inputs["advantages"].unsqueeze(1),
-            old_log_probs=log_probs.detach() if old_log_probs is None else old_log_probs,
+            old_log_probs=old_log_probs,
             cliprange=self.args.cliprange,
         )
         if "importance_sampling_ratio" in inputs:  # TRL's opt-in vllm_importance_sampling_correction
@@ -251,19 +367,38 @@ class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrain
         loss = aggregate_per_token_loss(
             per_token_loss, loss_mask, self.args.length_normalization, self.args.normalize_constant
         )
-        metrics = self._metrics["train"]
-        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
+        if rows != self.args.per_device_train_batch_size:  # rows left out (exact zeros) still count in the mean
+            loss = loss * (rows / self.args.per_device_train_batch_size)
+        totals = {"entropy": (entropies * mask).sum(), "tokens": mask.sum(), "rows": mask.new_tensor(rows)}
         if "clipped" in metadata:
-            metrics["clip_fraction"].append(self._global_masked_mean(metadata["clipped"].float(), mask))
+            totals["clipped"] = (metadata["clipped"] * mask).sum()
         if "ratio" in metadata:
-            metrics["ratio/mean"].append(self._global_masked_mean(metadata["ratio"], mask))
+            totals["ratio"] = (metadata["ratio"] * mask).sum()
+        self._step_totals.add(**totals)
         return loss / self.current_gradient_accumulation_steps  # an optimizer step sums equal-sized micro-batches
 
-    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
-        """Mean of `values` over the masked tokens of all processes."""
-        totals = torch.stack([(values.detach() * mask).sum(), mask.sum().float()])
-        totals = self.accelerator.reduce(totals, reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._micro_batches_in_step += 1
+        if self._micro_batches_in_step == self.current_gradient_accumulation_steps:
+            self._micro_batches_in_step = self._rows_in_step = 0
+            self._log_step_totals()
+        return loss
+
+    def _log_step_totals(self) -> None:
+        """The optimizer step's metrics, over the response tokens of the rows it forwarded on all processes (one
+        collective): entropy, and for grpo_clip / grpo_no_clip clip_fraction and ratio/mean (rows left out by the
+        skip lever are not among them); skipped_rows, the rows of the step that no forward needed."""
+        totals = self._step_totals.reduce(self.accelerator)
+        metrics = self._metrics["train"]
+        configured = (self.args.per_device_train_batch_size * self.current_gradient_accumulation_steps
+                      * self.accelerator.num_processes)
+        metrics["skipped_rows"].append(configured - totals["rows"])
+        if totals["tokens"] > 0:
+            metrics["entropy"].append(totals["entropy"] / totals["tokens"])
+            for name, key in (("clipped", "clip_fraction"), ("ratio", "ratio/mean")):
+                if name in totals:
+                    metrics[key].append(totals[name] / totals["tokens"])
 
     # ---------------------------------------------------------------------------------------- validation
     @property

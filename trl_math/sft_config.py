@@ -63,6 +63,15 @@ class MathSFTConfig(SFTConfig):
         },
     )
 
+    length_aware_batching: bool = field(
+        default=True,
+        metadata={
+            "help": "Regroup the rows of each optimizer step by length (trl_math.batching), each micro-batch as wide as "
+            "its longest row: less padding, the same update (exact for equal micro-batches; an epoch's last, "
+            "shorter one stays as the sampler drew it). False: the sampler's random micro-batches."
+        },
+    )
+
     # Validation: the math_baseline evaluation of the policy
     eval_temperature: float = field(default=1.0, metadata={"help": "Validation sampling temperature."})
     eval_top_p: float = field(default=1.0, metadata={"help": "Validation nucleus-sampling top_p."})

@@ -5,11 +5,14 @@ resume, PEFT, DeepSpeed/FSDP, Hub):
 
 - `__init__` selects the examples (filter_correct, num_unique_examples) and batches them with
   `SFTCollator` (tokenize_prompt_and_output), instead of TRL's dataset preparation;
+- `get_batch_samples` regroups the rows of each optimizer step by length (trl_math.batching,
+  `length_aware_batching`): each micro-batch as wide as its longest row, the same update;
 - `compute_loss` is sft_microbatch_train_step's loss without its backward: per example, the sum of the
   response tokens' NLL over normalize_constant; the mean over the micro-batch, divided by
   gradient_accumulation_steps (`loss_is_scaled_for_ga = True`: Trainer adds no scaling of its own, also
   not in the last, shorter accumulation window of an epoch). Log-probs come from TRL's fused LM head
-  (no full logits);
+  (no full logits). Its metrics (entropy, mean_token_accuracy, response_tokens) are summed over the optimizer
+  step's micro-batches and reduced in one collective per step (trl_math.step_metrics);
 - `evaluate` is validation accuracy (trl_math.validation): the math_baseline evaluation of the current policy
   on the validation problems (`eval_dataset`: prompt, ground_truth), graded with `reward_fn`, on vLLM
   (TRL's colocate backend, whose `sync_weights` loads the policy into the engine first, PEFT and ZeRO-3
@@ -22,9 +25,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from trl import SFTTrainer
 
+from .batching import group_sft_micro_batches
 from .checkpoints import ResumableTrainerMixin
 from .files import write_json_atomic
 from .generation_log import LogGenerationsCallback
@@ -36,6 +39,7 @@ from .run_log import MetricsLogCallback
 from .sampling import Sampler, trainer_sampler
 from .sft_config import MathSFTConfig
 from .sft_data import SFTCollator, select_sft_examples
+from .step_metrics import StepTotals
 from .validation import validate, validation_dir, validation_metrics, write_validation_problems
 
 
@@ -91,6 +95,8 @@ class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer
             processing_class=processing_class,
             **kwargs,
         )
+        self._step_totals = StepTotals(("entropy", "top1", "tokens", "examples"))
+        self._micro_batches_in_step = 0
         self.add_callback(MetricsLogCallback())
         if args.num_logged_generations > 0 and self.eval_dataset is not None:
             self.add_callback(LogGenerationsCallback(self, reward_fn, args.num_logged_generations))
@@ -127,6 +133,15 @@ class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer
         if self._signature_columns is None:
             self._signature_columns = ["prompt", "response"]
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer's micro-batches of one optimizer step, regrouped by length (trl_math.batching) when
+        `length_aware_batching` is on."""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.length_aware_batching:
+            pad = self.processing_class.pad_token_id
+            batches = group_sft_micro_batches(batches, self.processing_class.eos_token_id if pad is None else pad)
+        return batches, num_items_in_batch
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean over the micro-batch of -(sum of response-token log-probs) / normalize_constant."""
         mask = inputs["response_mask"]
@@ -137,15 +152,22 @@ class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer
         loss = per_example_nll.mean()
         if self.model.training:  # the assignment's scaling: always the configured number of micro-batches
             loss = loss / self.args.gradient_accumulation_steps
-
-        mode = "train" if self.model.training else "eval"
-        m = mask.float()
-        counts = torch.stack([(outputs.entropy * m).sum(), (outputs.is_top1 * m).sum(), m.sum(), m.new_tensor(len(m))])
-        entropy, top1, tokens, examples = self.accelerator.reduce(counts.detach(), reduction="sum").tolist()
-        self._metrics[mode]["entropy"].append(entropy / max(tokens, 1.0))
-        self._metrics[mode]["mean_token_accuracy"].append(top1 / max(tokens, 1.0))
-        self._metrics[mode]["response_tokens"].append(tokens / examples)
+            m = mask.float()
+            self._step_totals.add(entropy=(outputs.entropy * m).sum(), top1=(outputs.is_top1 * m).sum(),
+                                  tokens=m.sum(), examples=m.new_tensor(len(m)))
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._micro_batches_in_step += 1
+        if self._micro_batches_in_step == self.current_gradient_accumulation_steps:  # the optimizer step's last
+            self._micro_batches_in_step = 0
+            totals = self._step_totals.reduce(self.accelerator)
+            tokens = max(totals["tokens"], 1.0)
+            self._metrics["train"]["entropy"].append(totals["entropy"] / tokens)
+            self._metrics["train"]["mean_token_accuracy"].append(totals["top1"] / tokens)
+            self._metrics["train"]["response_tokens"].append(totals["tokens"] / totals["examples"])
+        return loss
 
     def _check_validation_supported(self) -> None:
         """Validation samples with each process's plain module or vLLM engine: that deadlocks when a forward needs

@@ -66,6 +66,7 @@ def build_tiny_qwen2(
     intermediate_size: int | None = None,
     max_position_embeddings: int = 2048,
     seed: int = 0,
+    tie_word_embeddings: bool = True,
 ):
     """A randomly initialised Qwen2ForCausalLM sized to `tokenizer`, deterministic for a given seed."""
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -78,7 +79,7 @@ def build_tiny_qwen2(
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
