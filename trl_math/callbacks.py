@@ -68,9 +68,9 @@ class WallClockBudgetCallback(TrainerCallback):
         if self._over_budget(self.last):  # ResumableTrainerMixin then trains no step
             control.should_training_stop = True
             if state.is_world_process_zero:
-                print(f"max_train_hours: the budget of {self.budget_s / 3600:g} h is spent ({self.last:.0f} s trained "
-                      f"before this segment, the longest step took {self.clock.longest_step_s:.0f} s): no further "
-                      "step is trained", flush=True)
+                print(f"max_train_hours: the budget of {self.budget_s / 3600:g} h is spent ({self.clock.offset_s:.0f} s "
+                      f"trained before this segment, the longest step took {self.clock.longest_step_s:.0f} s): no "
+                      "further step is trained", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         now = self.clock.elapsed()

@@ -6,6 +6,8 @@ recipe exits with PREEMPTED_EXIT_CODE (75) whenever the run stopped early. One m
 The signal handler only records the signal; at each safe point the processes decide together (any process
 that got the signal stops them all, so none waits for work the others skip). The safe points:
 
+- the start of training (a signal while the model or a checkpoint loaded): the run stops there, with nothing new
+  to save;
 - the end of an optimizer step at a *resume boundary*, after which a resumed run reproduces the uninterrupted
   one: every step for SFT, instruction tuning and DPO; for GRPO the last step of a rollout batch (TRL does not
   save the buffered rollouts) and the run's last step. The Trainer logs the step and saves a checkpoint; a
@@ -166,8 +168,9 @@ def _is_main_process() -> bool:
 class PreemptionCallback(TrainerCallback):
     """A Trainer's safe points (trl_math.preemption): at a resume boundary after a SIGTERM, the end of a step
     logs and saves instead of validating (the validation is left pending), and the end of a validation or of a
-    checkpoint stops the run there (saving first if need be). Before the first step there is nothing to save:
-    Preempted is raised."""
+    checkpoint stops the run there (saving first if need be). Before the first step of a run, or before the first
+    step of a resumed segment (a signal while it loaded its checkpoint), there is nothing new to save: Preempted is
+    raised."""
 
     def __init__(self, preemption: Preemption, trainer):
         self.preemption, self.trainer = preemption, trainer
@@ -179,6 +182,9 @@ class PreemptionCallback(TrainerCallback):
         if state.global_step == 0:
             raise Preempted()
         return True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.preemption.safe_point()  # a resumed segment starts at its checkpoint: nothing to train before stopping
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._stopping(state):
