@@ -24,10 +24,10 @@ The script it runs may itself be a runner (tests/vllm_cpu.py), which then runs t
 from __future__ import annotations
 
 import json
-import os
-import runpy
 import sys
 from pathlib import Path
+
+from vllm_cpu import run_as_main  # tests/, the folder of this script
 
 
 def keep_fsdp_on_cpu() -> None:
@@ -113,10 +113,7 @@ def main() -> None:
         args = args[2:]
     keep_fsdp_on_cpu()
     skip_deepspeed_shm_op()
-    script = args[0]
-    sys.argv = args
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    run_as_main(args)
 
 
 if __name__ == "__main__":
