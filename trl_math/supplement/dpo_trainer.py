@@ -34,6 +34,7 @@ import torch
 from trl import DPOConfig, DPOTrainer
 
 from ..model_card import AssignmentModelCardMixin
+from ..model_saving import FullModelSaveMixin
 from ..run_log import MetricsLogCallback
 from .alpaca import alpaca_prompt
 from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
@@ -135,7 +136,7 @@ def alpaca_pairs(dataset, name: str):
     )
 
 
-class AlpacaDPOTrainer(AssignmentModelCardMixin, DPOTrainer):
+class AlpacaDPOTrainer(FullModelSaveMixin, AssignmentModelCardMixin, DPOTrainer):
     """DPO on Alpaca-formatted preference pairs with the course's loss (see the module doc).
 
     `train_dataset` / `eval_dataset`: Datasets of {instruction, chosen, rejected} (e.g. `HHDataArguments.load`).

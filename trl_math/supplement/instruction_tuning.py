@@ -26,6 +26,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from ..model_card import AssignmentModelCardMixin
+from ..model_saving import FullModelSaveMixin
 from ..run_log import MetricsLogCallback
 from .instruction_data import PackedSFTDataset
 from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
@@ -99,7 +100,7 @@ def _chunk_rows(split: str, packed: PackedSFTDataset):
     return Dataset.from_dict({"split": [split] * len(packed), "chunk": list(range(len(packed)))})
 
 
-class InstructionTuningTrainer(AssignmentModelCardMixin, SFTTrainer):
+class InstructionTuningTrainer(FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
     """SFTTrainer on PackedSFTDataset chunks, labels taken as next tokens (see the module doc).
 
     `train_dataset` / `eval_dataset`: PackedSFTDataset (e.g. `InstructionDataArguments.load_packed`);
