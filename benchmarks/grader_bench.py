@@ -1,10 +1,11 @@
 """Grader benchmark over ../shared/data/grader/corpus.jsonl.
 
-Measures, for the course-compatible default mode, ``fast=False`` and the accurate mode:
-calls/s in one process (every row, pathological ones included) and through a
-``GradingPool``, latency p50/p99/max, calls over 1 s and pool timeouts; agreement of the
-default mode with the course's labels (dev_labels.jsonl) and of fast=False with
-dev_labels_fast_false.jsonl; accurate-mode false-negative / false-positive rates against
+Measures, for the course-compatible default mode and the accurate mode: calls/s in one process (every
+row, pathological ones included) and through a ``GradingPool``, latency p50/p99/max, calls over 1 s and
+pool timeouts; for ``fast=False`` (math-verify, which runs only in the pool's workers): calls/s through the
+pool against the default mode's, the added worker time per answer that reaches the math-verify step,
+timeouts and restarts.  Agreement of the default mode with the course's labels (dev_labels.jsonl) and of
+fast=False with dev_labels_fast_false.jsonl; accurate-mode false-negative / false-positive rates against
 dev_intended_labels.jsonl (ambiguous rows excluded).  Every disagreement is listed with its id.
 
     OMP_NUM_THREADS=1 python benchmarks/grader_bench.py [--processes 2] [--skip-pool]
@@ -78,7 +79,7 @@ def run_pool(rows: list[dict], processes: int, **kw) -> tuple[dict, dict]:
         total = time.perf_counter() - t0
         stats = {"processes": processes, "calls": len(rows), "seconds": round(total, 3),
                  "calls_per_s": round(len(rows) / total, 1), "startup_s": round(startup, 2),
-                 "timeouts": pool.stats["timeouts"], "errors": pool.stats["errors"]}
+                 **{k: pool.stats[k] for k in ("timeouts", "errors", "memory_errors", "restarts")}}
     return {r["id"]: x for r, x in zip(rows, res)}, stats
 
 
@@ -101,7 +102,7 @@ def agreement(rows_by_id: dict, labels: list[dict], ours: dict) -> dict:
             "ground_truth": r["ground_truth"], "course": lab["answer_reward"],
             "ours": o["answer_reward"],
             "reason": f"course {lab['answer_reward']:.0f} vs ours {o['answer_reward']:.0f} "
-                      f"(kind {r['kind']})",
+                      f"(kind {r['kind']}" + (f", unscored: {o['unscored']})" if "unscored" in o else ")"),
         })
     return {
         "rows": len(labels), "format_agreement_pct": round(100 * fmt_ok / len(labels), 3),
@@ -149,11 +150,37 @@ def main() -> None:
     report: dict = {"corpus_rows": len(rows), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
     for name, kw in (("default", {}), ("fast_false", {"fast": False}), ("accurate", {"mode": "accurate"})):
-        ours, stats = run_single(rows, **kw)
-        report[name] = {"single_process": stats}
-        print(f"[{name}] one process: {stats['calls_per_s']} calls/s, p50 {stats['p50_ms']} ms, "
-              f"p99 {stats['p99_ms']} ms, max {stats['max_ms']} ms ({stats['max_id']}), "
-              f"calls over 1 s: {stats['calls_over_1s']}")
+        if name == "fast_false":  # math-verify runs only in the workers: the pool is the one way to grade it
+            if args.skip_pool:
+                continue
+            report[name] = {}
+            # every row, then the rows that are not patho_* (no answer there runs into the time limit)
+            for part, part_rows in (("pool", rows), ("pool_without_patho",
+                                                     [r for r in rows if not r["kind"].startswith("patho_")])):
+                part_ours, pstats = run_pool(part_rows, args.processes, **kw)
+                fast = run_pool(part_rows, args.processes)[1]
+                # answers that reach the math-verify step: formatted, and wrong under the fast checks
+                reaching = sum(default_ours[r["id"]]["format_reward"] == 1
+                               and default_ours[r["id"]]["answer_reward"] == 0 for r in part_rows)
+                added = pstats["processes"] * (pstats["seconds"] - fast["seconds"]) / reaching
+                pstats.update(fast_true_calls_per_s=fast["calls_per_s"], answers_reaching_math_verify=reaching,
+                              added_worker_ms_per_such_answer=round(1e3 * added, 1))
+                report[name][part] = pstats
+                if part == "pool":
+                    ours = part_ours  # graded against the course's labels below
+                print(f"[fast_false] {part} x{pstats['processes']}, {len(part_rows)} rows: {pstats['calls_per_s']} "
+                      f"calls/s against {fast['calls_per_s']} for fast=True; {reaching} answers reach math-verify, "
+                      f"{pstats['added_worker_ms_per_such_answer']} ms of worker time each; timeouts "
+                      f"{pstats['timeouts']}, restarts {pstats['restarts']}, errors {pstats['errors']}, "
+                      f"memory errors {pstats['memory_errors']}")
+        else:
+            ours, stats = run_single(rows, **kw)
+            report[name] = {"single_process": stats}
+            print(f"[{name}] one process: {stats['calls_per_s']} calls/s, p50 {stats['p50_ms']} ms, "
+                  f"p99 {stats['p99_ms']} ms, max {stats['max_ms']} ms ({stats['max_id']}), "
+                  f"calls over 1 s: {stats['calls_over_1s']}")
+            if name == "default":
+                default_ours = ours
         if not args.skip_pool and name != "fast_false":
             pool_ours, pstats = run_pool(rows, args.processes, **kw)
             report[name]["pool"] = pstats
@@ -184,7 +211,7 @@ def main() -> None:
                   f"FP {course['false_positive_pct']}%")
     for name in ("default", "fast_false"):
         key = "vs_dev_labels" if name == "default" else "vs_dev_labels_fast_false"
-        for d in report[name][key]["disagreements"]:
+        for d in report.get(name, {}).get(key, {}).get("disagreements", []):
             print(f"  {name} disagreement {d['id']}: {d['reason']}: {d['answer']!r} vs {d['ground_truth']!r}")
     for d in report["accurate"]["vs_dev_intended_labels"]["false_negatives"]:
         print(f"  accurate FN {d['id']} ({d['kind']}): {d['answer']!r} vs {d['ground_truth']!r}")

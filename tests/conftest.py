@@ -136,6 +136,21 @@ def assert_resumed_weights(resumed: Path, uninterrupted: Path, before: Path) -> 
     assert any(not torch.equal(start[name], ours[name]) for name in ours), "training changed no weight"
 
 
+def write_sft_examples(path: Path, n: int = 8) -> Path:
+    """`n` seeded synthetic SFT examples {prompt (r1_zero), response (a reasoning trace), ground_truth} as JSONL."""
+    import json
+
+    from trl_math.data import format_prompt, load_prompt_template
+    from trl_math.synthetic import make_arithmetic_splits
+
+    template = load_prompt_template("r1_zero")
+    rows = make_arithmetic_splits(11, {"train": n})["train"]
+    path.write_text("".join(json.dumps(
+        {"prompt": format_prompt(template, r["problem"]), "response": r["trace"], "ground_truth": r["answer"]}) + "\n"
+        for r in rows))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A saved tiny Qwen2 checkpoint (model + BPE tokenizer) for `from_pretrained`."""

@@ -2,7 +2,9 @@
 
 It honours the calls transformers' Trainer and trl-math make through `transformers.utils.hub.hf_api()`:
 `create_repo(repo_id, token=, private=, exist_ok=)` and `upload_folder(repo_id=, folder_path=,
-commit_message=, token=, run_as_future=, ignore_patterns=, revision=)`.
+commit_message=, token=, run_as_future=, ignore_patterns=, revision=)`. With `root`, every upload is also written
+to `root/<repo_id>/`, the repository as the Hub would hold it, for a test to read after the process that pushed
+has ended (tests/engines_cpu.py --fake-hub).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Upload:
 class FakeHfApi:
     repos: list[str] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
+    root: Path | None = None
 
     def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
         repo_id = repo_id if "/" in repo_id else f"test-user/{repo_id}"
@@ -48,6 +51,11 @@ class FakeHfApi:
             if path.is_file() and not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split("/")[0], p) for p in ignore_patterns or []):
                 files[rel] = path.read_bytes()
         self.uploads.append(Upload(repo_id, commit_message or "", files))
+        if self.root is not None:
+            for rel, data in files.items():
+                target = Path(self.root, repo_id, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
         url = f"https://huggingface.co/{repo_id}/commit/fake"
         if not run_as_future:
             return url

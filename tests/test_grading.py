@@ -106,12 +106,6 @@ def test_course_verdicts_on_issue_examples():
         assert course(answer, gt) == 0.0, answer
 
 
-def test_fast_false_tries_harder():
-    assert course("The answer is 6", "6", fast=True) == 0.0
-    assert course("The answer is 6", "6", fast=False) == 1.0
-    assert course("7", "8", fast=False) == 0.0
-
-
 # ------------------------------------------------------------------ accurate mode
 
 @pytest.mark.parametrize("answer,gt", [

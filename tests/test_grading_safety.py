@@ -1,4 +1,5 @@
-"""Grading safety: model text never reaches eval/exec/sympify/parse_expr; every call is fast."""
+"""Grading safety: in the calling process model text never reaches eval/exec/sympify/parse_expr, and every call is
+fast.  fast=False's math-verify step runs in the grading workers: tests/test_grading_course_slow.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import builtins
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +70,7 @@ def _grade_everything() -> int:
     for payload in PAYLOADS:
         for prompt, resp in _responses(payload):
             for gt in TRUTHS:
-                for kw in ({}, {"fast": False}, {"mode": "accurate"}):
+                for kw in ({}, {"mode": "accurate"}):
                     fn = r1_zero_reward_fn if prompt == "r1_zero" else question_only_reward_fn
                     out = fn(resp, gt, **kw)
                     assert out["answer_reward"] in (0.0, 1.0)
@@ -107,16 +109,21 @@ def test_injection_strings_never_execute(tmp_path, monkeypatch):
         n = _grade_everything()
     finally:
         monkeypatch.undo()
-    assert n == len(PAYLOADS) * 4 * len(TRUTHS) * 3
+    assert n == len(PAYLOADS) * 4 * len(TRUTHS) * 2
     assert calls == []
     assert not (tmp_path / "PWNED").exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_grading_package_does_not_import_parse_expr_paths():
+    """Only the workers' math-verify step (math_verify_sandbox.py) may import math-verify or name sympy's
+    evaluators; every other module of the package compares answers with our own bounded parser."""
     import trl_math.grading as g
 
-    src = "".join(p.read_text() for p in Path(g.__file__).parent.glob("*.py"))
+    sources = {p.name: p.read_text() for p in Path(g.__file__).parent.glob("*.py")}
+    importers = [name for name, text in sources.items() if re.search(r"^\s*(from|import) math_verify\b", text, re.M)]
+    assert importers == ["math_verify_sandbox.py"]
+    src = "".join(text for name, text in sources.items() if name != "math_verify_sandbox.py")
     for needle in ("eval(", "exec(", "sympify(", "parse_expr(", "parse_latex(", "latex2sympy("):
         assert needle not in src.replace("_eval(", "").replace(".ev(", ""), needle
 
@@ -149,7 +156,6 @@ def _check_rows(rows, fn) -> float:
 
 def _all_modes(resp, gt):
     r1_zero_reward_fn(resp, gt)
-    r1_zero_reward_fn(resp, gt, fast=False)
     r1_zero_reward_fn(resp, gt, mode="accurate")
 
 

@@ -19,7 +19,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 from trl import TrlParser
 
-from conftest import REPO_ROOT, assert_resumed_weights
+from conftest import REPO_ROOT, assert_resumed_weights, write_sft_examples
 from test_grpo_recipe import CONFIGS, REWARD_MODULE, parse, write_problems
 from trl_math.checkpoints import PENDING_VALIDATION_FILE, STAGING_DIR, TRAINING_TIME_FILE, publish
 from trl_math.preemption import PREEMPTED_EXIT_CODE, Preemption
@@ -517,14 +517,7 @@ def test_grpo_two_processes_stop_together_when_one_gets_sigterm(grpo_setup, tmp_
 # is saved).
 @pytest.mark.slow
 def test_sft_sigterm_saves_the_step_in_flight_and_the_relaunch_finishes(tiny_checkpoint, tmp_path):
-    from trl_math.data import format_prompt, load_prompt_template
-    from trl_math.synthetic import make_arithmetic_splits
-
-    template = load_prompt_template("r1_zero")
-    rows = make_arithmetic_splits(11, {"train": 8})["train"]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(
-        {"prompt": format_prompt(template, r["problem"]), "response": r["trace"], "ground_truth": r["answer"]}) + "\n"
-        for r in rows))
+    write_sft_examples(tmp_path / "sft.jsonl")
     out = tmp_path / "run"
     command = [sys.executable, str(REPO_ROOT / "recipes" / "sft.py"), "--model_name_or_path", str(tiny_checkpoint),
                "--dtype", "float32", "--sft_source", str(tmp_path / "sft.jsonl"), "--output_dir", str(out),

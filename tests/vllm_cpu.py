@@ -67,16 +67,20 @@ def float32_engine() -> None:
     vllm.LLM.__init__ = init
 
 
+def run_as_main(args: list[str]) -> None:
+    """Run the script args[0] with the arguments args[1:], as `python` would run it (a runner's last step)."""
+    sys.argv = args
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))
+    runpy.run_path(args[0], run_name="__main__")
+
+
 def main() -> None:
     args = sys.argv[1:]
     flags = {"--no-weight-sync": disable_weight_sync, "--stub-nccl": stub_nccl, "--float32-engine": float32_engine}
     while args and args[0] in flags:
         flags[args.pop(0)]()
     keep_linear_weights()
-    recipe = args[0]
-    sys.argv = args
-    sys.path.insert(0, os.path.dirname(os.path.abspath(recipe)))
-    runpy.run_path(recipe, run_name="__main__")
+    run_as_main(args)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def summarize(records: Sequence[dict]) -> dict:
         "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
         "grading_timeouts": unscored.get("timeout", 0),
         "grading_errors": unscored.get("error", 0),
+        "grading_memory_errors": unscored.get("memory", 0),
     }
 
 

@@ -37,7 +37,8 @@ with the levers off (at TRL's width) and with vllm_importance_sampling_correctio
 log-probs at generation (trimmed chunk by chunk, in TRL's order, every row).
 
 Checkpoints appear whole and record the training time, which `max_train_hours` counts over a resumed run
-(trl_math.checkpoints).
+(trl_math.checkpoints); `save_model` writes a model `from_pretrained` loads under every engine, FSDP's sharded
+state dicts included (trl_math.model_saving).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from .grading.reward_pool import grading_pool
 from .grpo_config import MathGRPOConfig
 from .losses import aggregate_per_token_loss, compute_policy_gradient_loss
 from .model_card import AssignmentModelCardMixin
+from .model_saving import FullModelSaveMixin
 from .run_log import MetricsLogCallback
 from .sampling import Completion, Sampler, SamplingConfig, completion_from_token_ids
 from .step_metrics import StepTotals
@@ -125,7 +127,7 @@ class EpochSeededRepeatSampler(RepeatSampler):
         return super().__iter__()
 
 
-class MathGRPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, GRPOTrainer):
+class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, GRPOTrainer):
     """GRPO with the assignment's group-normalized advantages, policy-gradient losses and validation (module doc).
 
     `validation_reward_fn(response, ground_truth)`: the course's reward of the prompt (r1_zero_reward_fn, or

@@ -18,7 +18,8 @@ resume, PEFT, DeepSpeed/FSDP, Hub):
   (TRL's colocate backend, whose `sync_weights` loads the policy into the engine first, PEFT and ZeRO-3
   included) or on transformers' generate; every process samples a share of the problems.
 
-Checkpoints appear whole (trl_math.checkpoints).
+Checkpoints appear whole (trl_math.checkpoints); `save_model` writes a model `from_pretrained` loads under every
+engine, FSDP's sharded state dicts included (trl_math.model_saving).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .grading import r1_zero_reward_fn
 from .grading.reward_pool import grading_pool
 from .losses import masked_normalize
 from .model_card import AssignmentModelCardMixin
+from .model_saving import FullModelSaveMixin
 from .run_log import MetricsLogCallback
 from .sampling import Sampler, trainer_sampler
 from .sft_config import MathSFTConfig
@@ -44,7 +46,7 @@ from .validation import (announce_validation_sampling, validate, validation_dir,
                          write_validation_problems)
 
 
-class MathSFTTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer):
+class MathSFTTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
     """SFT with the assignment's loss and periodic validation accuracy (see the module doc).
 
     `train_dataset`: {prompt, response[, ground_truth]} rows; `eval_dataset`: validation problems

@@ -5,11 +5,13 @@ the MATH normaliser, or under the sympy-path normaliser, or element-wise symboli
 (tuples/intervals split, unreduced fractions and integers compared strictly, as in the
 course).  The symbolic step uses ``equivalence.course_sympy_equal`` instead of
 ``parse_expr`` + ``simplify``: same decisions on the language graders meet, no eval, no hang.
-``fast=False`` adds the course's math-verify step (see ``course_slow``).
+``fast=False`` adds the course's math-verify step, run by math-verify itself in a grading worker
+process (see ``course_slow``).
 """
 
 from __future__ import annotations
 
+from .course_slow import latex_equal
 from .equivalence import course_sympy_equal
 from .extract import course_extract_answer
 from .normalize import (
@@ -70,16 +72,16 @@ def grade_sympy(given: str, ground_truth: str) -> bool:
     return True
 
 
-def grade_course(given: str, ground_truth: str, fast: bool = True) -> bool:
-    """Course verdict for an extracted answer against one ground-truth string."""
+def grade_course(given: str, ground_truth: str, fast: bool = True, normalise: bool = True) -> bool:
+    """Course verdict for an extracted answer against one ground-truth string.
+
+    ``normalise=False`` skips the string and sympy checks (answers too long for our normalisers, which
+    score 0 there); the math-verify step of ``fast=False`` still sees them, as in the course.
+    """
     if "\\boxed" in ground_truth or "####" in ground_truth:
         ground_truth = course_extract_answer(ground_truth)
         if ground_truth is None:
             return False
-    if grade_mathd(given, ground_truth) or grade_sympy(given, ground_truth):
+    if normalise and (grade_mathd(given, ground_truth) or grade_sympy(given, ground_truth)):
         return True
-    if not fast:
-        from .course_slow import latex_equal_slow
-
-        return latex_equal_slow(given, ground_truth)
-    return False
+    return not fast and latex_equal(given, ground_truth)

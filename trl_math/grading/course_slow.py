@@ -1,150 +1,91 @@
-"""The course's ``fast=False`` extra step, approximated without math-verify's eval paths.
+"""The course's ``fast=False`` step, as the trainer's process sees it: math-verify, run elsewhere.
 
-The course ends ``grade(..., fast=False)`` with ``is_latex_equal``: a repetition guard, then
-math-verify's ``parse``/``verify``.  Those call ``parse_expr``/``sympify`` on model text and
-enforce time with ``signal.alarm`` (main thread only), so we do not call them.  Instead we
-reproduce math-verify's observable leniency on top of the accurate normaliser:
+With ``fast=False`` the course's ``grade`` ends with ``is_latex_equal``: a repetition guard, a
+normalised-string match, then math-verify's ``parse`` + ``verify``.  math-verify reaches sympy's
+``parse_expr`` (Python evaluation) and some answers run for minutes or exhaust memory, so it runs only
+in the grading worker processes (``pool.py``), one fresh process per answer (``math_verify_sandbox``).
+This module never imports math-verify: ``latex_equal`` runs the step in place when the caller is a
+grading worker, and otherwise hands it to a one-worker ``GradingPool`` started on first use (hard time
+limit, memory limit, the same sandbox).
 
-* the answer is the last value offered ("12 or 10" -> 10: math-verify extracts the
-  right-most match), but ``\\pm 10`` is a pair of values and does not match 10;
-* bare lists are compared as sets (``-1, 2`` equals ``2, -1``); bracketed tuples in order,
-  the brackets of a pair ignored (``[2, -1]`` equals ``(2, -1)``);
-* percentages also count as fractions (``50\\%`` equals 1/2) and fractions need not be reduced;
-* decimals with at least 6 places are compared after rounding to 6 places (math-verify's
-  ``float_rounding``).
-
-It is an approximation; ``benchmarks/grader_bench.py`` reports its agreement with the
-course's ``fast=False`` labels.
+The step needs the versions the course pins (``trl-math[course-slow]``); ``check_course_slow`` says
+so, naming the extra, before any grading starts.
 """
 
 from __future__ import annotations
 
-import re
-from itertools import islice, zip_longest
+import atexit
+import importlib.metadata
+import os
+import threading
 
-from . import accurate as acc
-from .equivalence import Unsupported, evaluate
-from .normalize import sympy_normalize
+__all__ = ["COURSE_SLOW_PINS", "CourseSlowUnavailable", "check_course_slow", "latex_equal"]
 
-__all__ = ["latex_equal_slow", "repeatness"]
+# The course's uv.lock pins math-verify 0.7.0 (which pins latex2sympy2_extended 1.10.1) and sympy 1.13.1.
+# torch needs sympy >= 1.13.3; the course's fast=False labels agree on every dev row under 1.13.1, 1.13.3 and
+# 1.14.0 (benchmarks/grader_bench.py), so sympy is left to torch. math-verify 0.9.0 disagrees on 8 rows.
+COURSE_SLOW_PINS = {"math-verify": "0.7.0", "latex2sympy2_extended": "1.10.1"}
+EXTRA = "trl-math[course-slow]"
 
-_LAST_ALT = re.compile(r"^.*(?:\bor\b|\band\b)\s*", re.IGNORECASE | re.DOTALL)
-_PERCENT = re.compile(r"\\?%|\bpercent\b", re.IGNORECASE)
-_SUBSCRIPT = re.compile(r"_\{?\w+\}?")
-
-
-def repeatness(s: str) -> bool:
-    """The course's repetition test (share of repeated substrings above 0.2)."""
-
-    def ranks(seq):
-        index = {v: i for i, v in enumerate(sorted(set(seq)))}
-        return [index[v] for v in seq]
-
-    arr = [ord(c) for c in s]
-    n = len(arr)
-    if n <= 1:
-        return False
-    line, k = ranks(arr), 1
-    while k < n - 1:
-        line = ranks(list(zip_longest(line, islice(line, k, None), fillvalue=-1)))
-        k <<= 1
-    sa = [0] * n
-    for i, r in enumerate(line):
-        sa[r] = i
-    lcp_total, h = 0, 0
-    for i in range(n):
-        if line[i] == n - 1:
-            h = 0
-            continue
-        j = sa[line[i] + 1]
-        while i + h < n and j + h < n and arr[i + h] == arr[j + h]:
-            h += 1
-        lcp_total += h
-        if h > 0:
-            h -= 1
-    return (lcp_total * 2 / (n * (n + 1))) > 0.2
+# The one-worker pool that grades the math-verify step of calls made outside a grading worker, and the
+# process that started it (a forked child starts its own rather than share the parent's pipes).
+_helper = None
+_helper_pid = None
+_helper_lock = threading.Lock()
 
 
-def _value(s: str):
-    tree = acc._as_math(s)
-    if tree is None:
-        return None
-    try:
-        return evaluate(tree)
-    except (Unsupported, ValueError, ZeroDivisionError, OverflowError):
-        return None
+class CourseSlowUnavailable(ImportError):
+    """``fast=False`` was asked for without the course's math-verify installed."""
 
 
-def _close(a: str, g: str) -> bool:
-    if acc._atom_equal(a, g):
-        return True
-    va, vg = _value(a), _value(g)
-    if va is None or vg is None:
-        return False
-    if re.search(r"\.\d{6,}", a) or re.search(r"\.\d{6,}", g):
-        return abs(va - vg) <= 5e-7 * max(1, abs(vg))
-    return False
+def check_course_slow() -> None:
+    """Raise ``CourseSlowUnavailable`` (naming the extra) unless the course's pins are installed.
+
+    Reads package metadata only: math-verify is never imported here.
+    """
+    for dist, want in COURSE_SLOW_PINS.items():
+        try:
+            have = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise CourseSlowUnavailable(
+                f"fast=False grades with the course's math-verify step, which needs {dist}=={want}: "
+                f"pip install '{EXTRA}'") from None
+        if have != want:
+            raise CourseSlowUnavailable(
+                f"fast=False grades as the course does only with {dist}=={want} (the course's pin), "
+                f"found {have}: pip install '{EXTRA}'")
 
 
-def _lenient_equal(a: str, g: str) -> bool:
-    sa, sg = acc._structure(a), acc._structure(g)
-    if sa[0] == "seq" and sg[0] == "seq":
-        ea, eg = sa[3], sg[3]
-        if len(ea) != len(eg):
-            return False
-        if sa[1] and sg[1]:  # both bracketed: ordered tuples/intervals, brackets of pairs free
-            if (sa[1], sa[2]) != (sg[1], sg[2]) and len(eg) > 2:
-                return False
-            return all(_close(x, y) for x, y in zip(ea, eg))
-        remaining = list(eg)
-        for x in ea:
-            for i, y in enumerate(remaining):
-                if _close(x, y):
-                    del remaining[i]
-                    break
-            else:
-                return False
-        return True
-    if sa[0] == "atom" and sg[0] == "atom":
-        return _close(a, g)
-    return acc._equal_structured(a, g)
+def latex_equal(given: str, ground_truth: str) -> bool:
+    """The course's ``is_latex_equal(given, ground_truth)``, computed by math-verify in a sandbox.
+
+    An answer that runs past the time limit (or the memory limit) is not equal; the pool that graded
+    it counts it.
+    """
+    from .pool import in_grading_worker
+
+    if in_grading_worker():
+        from .math_verify_sandbox import isolated_latex_equal
+
+        return isolated_latex_equal(given, ground_truth)
+    check_course_slow()
+    result = _helper_pool().grade([given], [ground_truth])[0]
+    return result["answer_reward"] == 1.0
 
 
-def latex_equal_slow(given: str, ground_truth: str) -> bool:
-    """Approximation of the course's ``is_latex_equal`` (bounded, no eval)."""
-    if (len(given) > 128 and repeatness(given[:2000])) or (
-        len(ground_truth) > 128 and repeatness(ground_truth[:2000])
-    ):
-        return False
-    if sympy_normalize(ground_truth) == sympy_normalize(given):
-        return True
-    if acc._too_long(given, ground_truth):
-        return False
-    _, g = acc._truth_form(ground_truth)
-    a = acc.canonical_answer(given)
-    if not a or not g:
-        return False
-    if acc.is_hedge(a, g):
-        if "\\pm" in a or "\\mp" in a:
-            return False  # math-verify reads "\\pm 2" as a set of two values
-        a = _LAST_ALT.sub("", a).strip()
-    a = _SUBSCRIPT.sub("", a)
-    g = _SUBSCRIPT.sub("", g)
-    lhs, rhs = acc._lhs(a)
-    if lhs is not None:
-        a = rhs.strip()
-    if "=" in a and "=" not in g:
-        a = a.rsplit("=", 1)[-1].strip()
-    if _lenient_equal(a, g):
-        return True
-    # percentages: 50% also reads as 1/2
-    raw = given
-    if _PERCENT.search(raw) or _PERCENT.search(ground_truth):
-        va, vg = _value(a), _value(g)
-        if va is not None and vg is not None:
-            if _PERCENT.search(raw) and not _PERCENT.search(ground_truth):
-                va = va / 100
-            elif _PERCENT.search(ground_truth) and not _PERCENT.search(raw):
-                vg = vg / 100
-            return abs(va - vg) <= 1e-9 * max(1, abs(vg))
-    return False
+def verdict_item(given: str, ground_truth: str, **pool_options) -> dict[str, float]:
+    """The helper pool's per-item function: ``latex_equal`` as a reward dict (the pool's currency)."""
+    equal = 1.0 if latex_equal(given, ground_truth) else 0.0
+    return {"format_reward": 1.0, "answer_reward": equal, "reward": equal}
+
+
+def _helper_pool():
+    global _helper, _helper_pid
+    with _helper_lock:
+        if _helper is None or _helper_pid != os.getpid():
+            from .pool import GradingPool
+
+            _helper = GradingPool(processes=1, grade_fn=verdict_item)
+            _helper_pid = os.getpid()
+            atexit.register(_helper.close)
+        return _helper

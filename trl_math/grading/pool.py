@@ -8,6 +8,11 @@ marked ``"unscored": "timeout"`` and is counted in ``stats["timeouts"]`` (a grad
 ``"unscored": "error"``, ``stats["errors"]``).  Our graders are bounded by construction (size limits),
 so timeouts should stay at zero; the pool is the guarantee for everything else.
 
+Each worker also has a memory limit (RLIMIT_AS, ``memory_limit_mb`` beyond what it maps once started): an
+item that runs past it scores 0, is marked ``"unscored": "memory"``, counted in ``stats["memory_errors"]``,
+and its worker is replaced.  ``fast=False``'s math-verify step runs only here (``math_verify_sandbox``,
+preloaded by the workers), one fresh process per answer.
+
 Workers come from a ``forkserver`` by default (safe next to CUDA and threads, and cheap to
 replace); the clock of an item starts when a ready worker receives it.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import resource
 import signal
 import sys
 import threading
@@ -32,10 +38,21 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Sequence
 
+from .course_slow import check_course_slow
 from .extract import course_extract_answer, has_r1_zero_format
 from .rewards import question_only_reward_fn, r1_zero_reward_fn
 
-__all__ = ["GradingPool", "grade_item", "grade_batch"]
+__all__ = ["GradingPool", "grade_item", "grade_batch", "in_grading_worker"]
+
+# Set in the worker processes: the math-verify step runs in place there, and nowhere else.
+_IN_GRADING_WORKER = False
+# What an unscored item's reason is counted as in GradingPool.stats.
+_STAT_OF = {"timeout": "timeouts", "error": "errors", "memory": "memory_errors"}
+
+
+def in_grading_worker() -> bool:
+    """Is this process a grading worker (where math-verify may run)?"""
+    return _IN_GRADING_WORKER
 
 
 def grade_item(response: str, ground_truth: Any, prompt: str = "r1_zero",
@@ -46,8 +63,8 @@ def grade_item(response: str, ground_truth: Any, prompt: str = "r1_zero",
 
 
 def _unscored_result(response: str, prompt: str, reason: str) -> dict:
-    """The reward of an item the grader could not score (`reason`: "timeout" or "error"): answer 0, the
-    format rule's format reward, and `unscored` saying why."""
+    """The reward of an item the grader could not score (`reason`: "timeout", "error" or "memory"): answer 0,
+    the format rule's format reward, and `unscored` saying why."""
     if prompt == "r1_zero":
         fmt = 1.0 if has_r1_zero_format(response) else 0.0
     else:
@@ -55,9 +72,37 @@ def _unscored_result(response: str, prompt: str, reason: str) -> dict:
     return {"format_reward": fmt, "answer_reward": 0.0, "reward": 0.0, "unscored": reason}
 
 
-def _worker(conn, grade_fn: Callable[..., dict]) -> None:
+def _failure(res: dict | None) -> str | None:
+    """Why a worker's reply is no score: None (a score), "timeout" (no reply: the worker died), "error"
+    (the grader raised) or "memory" (the worker ran past its memory limit)."""
+    if res is None:
+        return "timeout"
+    if "error" in res:
+        return "error"
+    return "memory" if res.get("unscored") == "memory" else None
+
+
+def _prepare_worker(memory_limit_mb: int | None) -> None:
+    """Mark the process as a grading worker, load the math-verify step when installed, cap the address space:
+    `memory_limit_mb` beyond what the worker maps once its imports are done (a CUDA build of torch alone maps
+    gigabytes it never touches)."""
+    global _IN_GRADING_WORKER
+    _IN_GRADING_WORKER = True
+    try:  # preloaded by the forkserver: free there; one import here under spawn
+        from . import math_verify_sandbox  # noqa: F401
+    except ImportError:  # not installed: fast=False is refused before any item reaches a worker
+        pass
+    if memory_limit_mb:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+        limit = mapped + (memory_limit_mb << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _worker(conn, grade_fn: Callable[..., dict], memory_limit_mb: int | None = None) -> None:
     os.setsid()  # out of the parent's process group: signals sent to that group do not reach the worker
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked in the fork server (_shielded_from_sigterm)
+    _prepare_worker(memory_limit_mb)
     conn.send(("ready", None))
     while True:
         try:
@@ -69,6 +114,9 @@ def _worker(conn, grade_fn: Callable[..., dict]) -> None:
         idx, args, kwargs = msg
         try:
             result = grade_fn(*args, **kwargs)
+        except MemoryError:  # past the memory limit: this heap is not trusted again, the pool replaces us
+            conn.send((idx, {"unscored": "memory"}))
+            return
         except Exception as exc:  # a grader bug must not kill the batch: count it as wrong
             result = {"error": f"{type(exc).__name__}: {exc}"}
         conn.send((idx, result))
@@ -117,31 +165,34 @@ class GradingPool:
             a clean server process that has imported the graders once, so replacing a
             killed worker takes milliseconds; "spawn" also works).
         startup_timeout: seconds a new worker may take to import the graders.
+        memory_limit_mb: how far each worker's address space may grow past what it maps once started
+            (RLIMIT_AS; default 4096 MiB); None: no limit.
 
     The per-item clock starts when the item is sent to a ready worker.
     """
 
     def __init__(self, processes: int = 2, timeout: float = 1.0,
                  grade_fn: Callable[..., dict] = grade_item, start_method: str = "forkserver",
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 120.0, memory_limit_mb: int | None = 4096):
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.processes = processes
         self.timeout = float(timeout)
         self.grade_fn = grade_fn
+        self.memory_limit_mb = memory_limit_mb
         self._ctx = mp.get_context(start_method)
-        if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(["trl_math.grading"])
+        if start_method == "forkserver":  # a missing math-verify is an ImportError, which the forkserver skips
+            self._ctx.set_forkserver_preload(["trl_math.grading", "trl_math.grading.math_verify_sandbox"])
         self.startup_timeout = float(startup_timeout)
         self._lock = threading.Lock()
         self._workers: list[list] = []  # [process, conn]
-        self.stats = {"items": 0, "timeouts": 0, "errors": 0, "restarts": 0}
+        self.stats = {"items": 0, "timeouts": 0, "errors": 0, "memory_errors": 0, "restarts": 0}
         for _ in range(processes):
             self._workers.append(self._start())
 
     def _start(self) -> list:
         parent, child = self._ctx.Pipe(duplex=True)
-        p = self._ctx.Process(target=_worker, args=(child, self.grade_fn), daemon=True)
+        p = self._ctx.Process(target=_worker, args=(child, self.grade_fn, self.memory_limit_mb), daemon=True)
         with _launching_script_hidden(self.grade_fn), _shielded_from_sigterm():
             p.start()
         child.close()
@@ -164,6 +215,8 @@ class GradingPool:
         """Grade pairs; an item past ``timeout`` seconds is answer 0 and counted."""
         if len(responses) != len(ground_truths):
             raise ValueError("responses and ground_truths differ in length")
+        if not fast and mode == "course":
+            check_course_slow()
         kwargs = {"prompt": prompt, "mode": mode, "fast": fast}
         with self._lock:
             return self._run([(r, g) for r, g in zip(responses, ground_truths)], kwargs, prompt)
@@ -200,9 +253,11 @@ class GradingPool:
                     res = None
                     self._replace(w)
                 busy.pop(w, None)
-                if res is None or "error" in res:
-                    reason = "error" if res else "timeout"
-                    self.stats[reason + "s"] += 1
+                reason = _failure(res)
+                if reason == "memory":  # the worker has exited
+                    self._replace(w)
+                if reason:
+                    self.stats[_STAT_OF[reason]] += 1
                     res = _unscored_result(items[idx][0], prompt, reason)
                 results[idx] = res
                 dispatch(w)

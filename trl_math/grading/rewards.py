@@ -2,8 +2,9 @@
 accurate mode.
 
 ``mode="course"`` (default) reproduces the course grader (validation numbers comparable with
-the course's); ``fast=False`` adds its math-verify step.  ``mode="accurate"`` is the better
-grader for training rewards and analysis (see ``accurate.py``): same format rule, answer taken
+the course's); ``fast=False`` adds its math-verify step (math-verify itself, in a grading worker
+process).  ``mode="accurate"`` is the better grader for training rewards and analysis (see
+``accurate.py``): same format rule, answer taken
 between the last ``<answer>`` and the next ``</answer>``, broader normalisation, hedges
 rejected.  Every function returns ``{"format_reward", "answer_reward", "reward"}`` with
 ``reward == answer_reward`` (a formatted wrong answer earns nothing, as in the course).
@@ -33,8 +34,9 @@ __all__ = [
 ]
 
 MODES = ("course", "accurate")
-# Longer extracted answers are graded wrong without normalising them (after stripping
-# whitespace): no ground truth is that long, and it bounds the cost of a call.
+# Longer extracted answers (after stripping whitespace) are graded wrong without normalising them: no ground
+# truth is that long, and it bounds the cost of a call. fast=False's math-verify step, bounded by its worker's
+# limits, still sees them, as the course's does.
 MAX_ANSWER_CHARS = 4000
 
 
@@ -62,13 +64,12 @@ def grade_answer(answer: str, ground_truth: Any, mode: str = "course", fast: boo
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     truths = _truths(ground_truth)
-    if not truths or len(answer) > MAX_ANSWER_CHARS and len(answer.strip()) > MAX_ANSWER_CHARS:
-        return False
+    normalise = len(answer) <= MAX_ANSWER_CHARS or len(answer.strip()) <= MAX_ANSWER_CHARS
     if mode == "accurate":
         from .accurate import grade_accurate
 
-        return any(grade_accurate(answer, gt) for gt in truths)
-    return any(grade_course(answer, gt, fast) for gt in truths)
+        return normalise and any(grade_accurate(answer, gt) for gt in truths)
+    return any(grade_course(answer, gt, fast, normalise) for gt in truths)
 
 
 def r1_zero_reward_fn(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .course_slow import check_course_slow
 from .extract import has_r1_zero_format
 from .rewards import question_only_reward_fn, r1_zero_reward_fn
 
@@ -42,6 +43,8 @@ class TRLReward:
             raise ValueError("kind must be 'answer' or 'format'")
         if prompt not in ("r1_zero", "question_only"):
             raise ValueError("prompt must be 'r1_zero' or 'question_only'")
+        if kind == "answer" and not fast and mode == "course":
+            check_course_slow()  # the missing extra is named now, not at the first reward
         self.kind, self.prompt, self.mode, self.fast, self.pool = kind, prompt, mode, fast, pool
         # The assignment's reward is the answer reward; the format reward is logged, not trained on.
         # MathGRPOTrainer reads this when reward_weights is not set.

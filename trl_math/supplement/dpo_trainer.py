@@ -35,6 +35,7 @@ from trl import DPOConfig, DPOTrainer
 
 from ..checkpoints import ResumableTrainerMixin
 from ..model_card import AssignmentModelCardMixin
+from ..model_saving import FullModelSaveMixin
 from ..resume import RESUME_HELP
 from ..run_log import MetricsLogCallback
 from .alpaca import alpaca_prompt
@@ -138,7 +139,7 @@ def alpaca_pairs(dataset, name: str):
     )
 
 
-class AlpacaDPOTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, DPOTrainer):
+class AlpacaDPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, DPOTrainer):
     """DPO on Alpaca-formatted preference pairs with the course's loss (see the module doc).
 
     `train_dataset` / `eval_dataset`: Datasets of {instruction, chosen, rejected} (e.g. `HHDataArguments.load`).

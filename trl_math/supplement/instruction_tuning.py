@@ -27,6 +27,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..checkpoints import ResumableTrainerMixin
 from ..model_card import AssignmentModelCardMixin
+from ..model_saving import FullModelSaveMixin
 from ..resume import RESUME_HELP
 from ..run_log import MetricsLogCallback
 from .instruction_data import PackedSFTDataset
@@ -102,7 +103,7 @@ def _chunk_rows(split: str, packed: PackedSFTDataset):
     return Dataset.from_dict({"split": [split] * len(packed), "chunk": list(range(len(packed)))})
 
 
-class InstructionTuningTrainer(ResumableTrainerMixin, AssignmentModelCardMixin, SFTTrainer):
+class InstructionTuningTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
     """SFTTrainer on PackedSFTDataset chunks, labels taken as next tokens (see the module doc).
 
     `train_dataset` / `eval_dataset`: PackedSFTDataset (e.g. `InstructionDataArguments.load_packed`);
