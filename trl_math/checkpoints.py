@@ -188,11 +188,12 @@ class ResumableTrainerMixin:
             super()._save_checkpoint(model, trial)  # every process writes its files into `staged`
         finally:
             self._staging_checkpoint = False
-        if self.args.should_save:
-            best = self.state.best_model_checkpoint
-            if best is not None and Path(best) == staged:  # Trainer recorded where it wrote
-                self.state.best_model_checkpoint = str(final)
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best) == staged:  # Trainer recorded where it wrote, on every process (each
+            self.state.best_model_checkpoint = str(final)  # loads its shard of the best model at the end under FSDP)
+            if self.args.should_save:
                 self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+        if self.args.should_save:
             write_json_atomic(staged / TRAINING_TIME_FILE, {
                 "training_seconds": self.training_clock.elapsed(), "longest_step_seconds": self.training_clock.longest_step_s,
                 "num_tokens": getattr(self, "_total_train_tokens", 0)})
