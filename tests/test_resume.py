@@ -447,6 +447,36 @@ def test_grpo_sigterm_to_the_process_group_during_validation(grpo_setup, grpo_un
 
 
 @pytest.mark.slow
+def test_grpo_sigterm_in_the_final_validation_exits_75_and_the_relaunch_resumes_it(grpo_setup, grpo_uninterrupted,
+                                                                                   tmp_path):
+    """A SIGTERM after the last step, while the final full validation runs (12 problems in chunks of 2): the run
+    stops between two chunks and exits with 75 (it stopped early), keeping the records so far; the relaunch trains
+    nothing, resumes that validation and ends with exit 0 and the records of a final validation never interrupted."""
+    final = ("--final_full_eval", "true")  # a relaunch may add it (trl_math.resume.MAY_CHANGE)
+    out, reference = tmp_path / "run", tmp_path / "reference"
+    for run_dir in (out, reference):
+        shutil.copytree(grpo_uninterrupted, run_dir)
+    records = out / "final_eval" / "generations.jsonl"
+    first_chunk = lambda: 1 if records.exists() and records.read_text().count("\n") >= 2 else None  # noqa: E731
+    code, seen = run(grpo(grpo_setup, out, *final), grpo_setup.env, tmp_path / "log1", until=first_chunk)
+    log = (tmp_path / "log1").read_text()
+    assert code == PREEMPTED_EXIT_CODE and seen == 1, log[-3000:]
+    partial = jsonl(records)
+    assert 2 <= len(partial) < 12 and all(r["unscored"] is None for r in partial), partial
+    assert not (out / "final_eval" / "summary.json").exists()
+
+    code, _ = run(grpo(grpo_setup, out, *final), grpo_setup.env, tmp_path / "log2")
+    log = (tmp_path / "log2").read_text()
+    assert code == 0, log[-3000:]
+    assert f"{len(partial)} of 12 problems already graded" in log
+    code, _ = run(grpo(grpo_setup, reference, *final), grpo_setup.env, tmp_path / "log3")
+    assert code == 0, (tmp_path / "log3").read_text()[-3000:]
+    assert jsonl(records) == jsonl(reference / "final_eval" / "generations.jsonl")
+    assert json.loads((out / "final_eval" / "summary.json").read_text())["n"] == 12
+    assert logged_steps(out) == logged_steps(grpo_uninterrupted)  # nothing trained after the last step
+
+
+@pytest.mark.slow
 def test_grpo_sigkill_after_a_checkpoint_resumes_to_the_uninterrupted_run(grpo_setup, grpo_preempted,
                                                                          grpo_uninterrupted, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
