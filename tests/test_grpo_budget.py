@@ -17,16 +17,20 @@ class FakeClock:
         return self.now
 
 
-def step_until_stopped(tmp_path, offset_s: float, durations: list[float]) -> tuple[int | None, WallClockBudgetCallback]:
+def step_until_stopped(tmp_path, offset_s: float, durations: list[float],
+                       longest_s: float = 0.0) -> tuple[int | None, WallClockBudgetCallback]:
     """Run a 1-hour budget over steps of `durations` seconds, in a segment resumed after `offset_s` seconds of
-    training; returns the step after which it stopped (None: never)."""
+    training whose longest step took `longest_s`; returns the step after which it stopped (None: never; 0: before
+    the first)."""
     clock = FakeClock()
     training = TrainingClock(clock)
-    training.begin(offset_s)
+    training.begin(offset_s, longest_s)
     budget = WallClockBudgetCallback(max_hours=1.0, clock=training)  # 3600 s
     args, state = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"), TrainerState()
     control = TrainerControl()
     budget.on_train_begin(args, state, control)
+    if control.should_training_stop:
+        return 0, budget
     for step, duration in enumerate(durations, start=1):
         clock.now += duration
         budget.on_step_end(args, state, control)
@@ -49,6 +53,14 @@ def test_a_resumed_segment_counts_the_training_time_before_its_checkpoint(tmp_pa
     assert step_until_stopped(tmp_path, 2000.0, [1000, 1000])[0] == 1
     # Counted from this segment alone, it would have gone on.
     assert step_until_stopped(tmp_path, 0.0, [1000, 1000])[0] is None
+
+
+def test_a_segment_that_starts_with_the_budget_spent_trains_no_step(tmp_path, capsys):
+    assert step_until_stopped(tmp_path, 3600.0, [10])[0] == 0
+    assert "the budget of 1 h is spent (3600 s trained before this segment" in capsys.readouterr().out
+    # The longest step of the earlier segments counts too: 3550 s + a 100 s step would overrun.
+    assert step_until_stopped(tmp_path, 3550.0, [100], longest_s=100.0)[0] == 0
+    assert step_until_stopped(tmp_path, 3450.0, [100, 100], longest_s=100.0)[0] == 1
 
 
 def test_rejects_a_non_positive_budget():

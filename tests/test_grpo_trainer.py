@@ -394,7 +394,9 @@ def test_lora_trains_a_step(tiny_checkpoint, tmp_path):
 
 def test_rewards_grade_vllms_text_when_the_stop_string_ends_inside_a_token(qwen_tokenizer, tmp_path):
     """The token completing "</answer>" is ">." here: TRL's decoded text ends "</answer>.", vLLM's text (and the
-    course's pipeline) "</answer>". Training and validation rewards must see the latter."""
+    course's pipeline) "</answer>". Training rewards must see the latter. (Validation cuts its responses with the
+    same rule, under its own sampling, which no rollout setting such as sequence_bias reaches: see
+    test_validation_samples_as_the_assignment_evaluates_whatever_the_rollouts_use.)"""
     from trl_math.tiny_models import build_tiny_qwen2
 
     checkpoint = tmp_path / "qwen-tiny"
@@ -413,10 +415,10 @@ def test_rewards_grade_vllms_text_when_the_stop_string_ends_inside_a_token(qwen_
 
     problems = Dataset.from_dict({"prompt": ["User: 1/2?\nAssistant: <think>"] * 2, "ground_truth": ["\\frac{1}{2}"] * 2})
     args = tiny_config(tmp_path, rollout_batch_size=4, group_size=2, train_batch_size=4, gradient_accumulation_steps=1,
-                       max_completion_length=len(script), stop_string="</answer>", eval_strategy="steps",
-                       eval_steps=1, generation_kwargs={"sequence_bias": bias})
+                       max_completion_length=len(script), stop_string="</answer>",
+                       generation_kwargs={"sequence_bias": bias})
     trainer = MathGRPOTrainer(model=str(checkpoint), reward_funcs=[recording_reward], args=args,
-                              train_dataset=problems, eval_dataset=problems, processing_class=qwen_tokenizer)
+                              train_dataset=problems, processing_class=qwen_tokenizer)
     trainer.train()
 
     graded = " half </think> <answer> \\frac{1}{2} </answer>"
@@ -426,12 +428,6 @@ def test_rewards_grade_vllms_text_when_the_stop_string_ends_inside_a_token(qwen_
     (train_log,) = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert train_log["reward"] == 1.0
     assert train_log["completions/mean_length"] == closing + 1  # the loss covers the whole ">." token
-    (validation,) = [entry for entry in trainer.state.log_history if "eval_answer_accuracy" in entry]
-    assert validation["eval_answer_accuracy"] == 1.0 and validation["eval_n"] == 2
-    records = [json.loads(line) for line in (tmp_path / "out" / "eval" / "eval-step000001" / "generations.jsonl")
-               .read_text().splitlines()]
-    assert [r["response"] for r in records] == [graded] * 2 and {r["response_tokens"] for r in records} == {closing + 1}
-    assert {r["finish_reason"] for r in records} == {"stop"}
 
 
 def test_course_rewards_train_on_the_answer_reward_and_log_the_format_reward(tiny_checkpoint, tmp_path):
@@ -450,3 +446,34 @@ def test_course_rewards_train_on_the_answer_reward_and_log_the_format_reward(tin
                                args=tiny_config(tmp_path / "explicit", reward_weights=[1.0, 0.5]),
                                train_dataset=prompt_dataset())
     assert explicit.reward_weights.tolist() == [1.0, 0.5]
+
+
+def test_validation_samples_as_the_assignment_evaluates_whatever_the_rollouts_use(tiny_checkpoint, tmp_path):
+    """Rollouts at temperature 0.5, top_k 3, repetition penalty 1.3, 16 tokens, stop "e": validation still samples
+    at the assignment's settings (1024 tokens, temperature 1.0, stop after </answer>), seeded with eval_seed: the
+    very responses of trl-math's transformers sampler at those settings, seeded per batch the same way."""
+    from trl_math.data import format_prompt, load_prompt_template
+    from trl_math.sampling import SamplingConfig, TransformersSampler
+
+    template = load_prompt_template("r1_zero")
+    problems = Dataset.from_dict({"prompt": [format_prompt(template, p) for p in PROMPTS],
+                                  "ground_truth": ["2", "24", "72", "3"]})
+    args = tiny_config(tmp_path, temperature=0.5, top_k=3, repetition_penalty=1.3, max_completion_length=16,
+                       per_device_eval_batch_size=2)
+    trainer = MathGRPOTrainer(model=str(tiny_checkpoint), reward_funcs=[varied_reward], args=args,
+                              train_dataset=prompt_dataset(), eval_dataset=problems)
+    metrics = trainer.evaluate()
+    run = tmp_path / "out" / "eval" / "eval-step000000"
+    records = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sampling"] == {"temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "min_tokens": 4,
+                                   "stop": ["</answer>"], "include_stop_str_in_output": True, "seed": 0}
+    assert max(r["response_tokens"] for r in records) > 16 and metrics["eval_mean_response_tokens"] > 16
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    reference = TransformersSampler(model, trainer.processing_class, SamplingConfig(seed=0), batch_size=2)
+    expected = [group[0] for group in reference.sample(problems["prompt"])]
+    assert [r["response"] for r in records] == [c.text for c in expected]
+    assert [r["response_tokens"] for r in records] == [c.num_tokens for c in expected]
+    # The rollouts' settings are back in force once validation is done.
+    assert trainer.generation_config.max_new_tokens == 16 and trainer.generation_config.temperature == 0.5

@@ -3,6 +3,7 @@ the wall-clock budget across segments, down to real GRPO and SFT launches killed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,16 +17,17 @@ from types import SimpleNamespace
 
 import pytest
 from transformers import TrainerControl, TrainerState
+from trl import TrlParser
 
 from conftest import REPO_ROOT, assert_resumed_weights, write_sft_examples
 from test_grpo_recipe import CONFIGS, REWARD_MODULE, parse, write_problems
-from trl_math.checkpoints import STAGING_DIR, TRAINING_TIME_FILE, publish
-from trl_math.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
+from trl_math.checkpoints import PENDING_VALIDATION_FILE, STAGING_DIR, TRAINING_TIME_FILE, publish
+from trl_math.preemption import PREEMPTED_EXIT_CODE, Preemption
 from trl_math.resume import RUN_FILE, last_checkpoint, resume_or_start_over
 
 # Fields of metrics.jsonl that measure time, and so differ between any two runs.
 TIMING = {"wall_time_s", "step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second",
-          "eval_runtime"}
+          "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
 # ---------------------------------------------------------------------------------------------- unit tests
@@ -53,6 +55,63 @@ def test_a_changed_run_field_fails_naming_it(tmp_path):
     assert "group_size" not in str(error.value) and "--resume false" in str(error.value)
     with pytest.raises(ValueError, match=r"recipe \('grpo' in the run, 'sft' now\)"):
         resume_or_start_over(launch_args(out), "sft", {"loss_type": "grpo_clip", "seed": 0, "group_size": 8})
+
+
+def grpo_launch(tmp_path, *overrides: str):
+    """The parsed arguments of a tiny GRPO launch and the run config its recipe records (trl_math.resume)."""
+    from trl_math.resume import run_config
+
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    if not train.exists():
+        write_problems(train, 16), write_problems(validation, 12)
+    script, args, model = parse(CONFIGS / "tiny_cpu.yaml", "--train_source", str(train), "--eval_source",
+                                str(validation), "--output_dir", str(tmp_path / "run"), *overrides)
+    return (script, args, model), run_config(model, script, args, train=script.load_problems("train"),
+                                             validation=script.load_problems("eval"))
+
+
+def test_run_config_holds_every_field_but_those_a_relaunch_may_change(tmp_path):
+    from trl_math.resume import MAY_CHANGE
+
+    (script, args, model), config = grpo_launch(tmp_path)
+    fields = {f.name for a in (script, args, model) for f in dataclasses.fields(a) if f.init}
+    assert set(config) == fields - MAY_CHANGE - set(args.derived_fields) | {"train_data", "validation_sample"}
+    assert {"generation_kwargs", "shuffle_dataset", "chat_template_kwargs", "eval_limit", "limit_seed",
+            "limit_strategy", "eval_temperature", "eval_max_tokens", "use_vllm"} <= set(config)
+    # What may change between segments leaves the recorded run as it is.
+    allowed = ["--logging_steps", "5", "--max_steps", "3", "--save_steps", "2", "--max_train_hours", "2",
+               "--eval_steps", "1", "--per_device_eval_batch_size", "2", "--report_to", "none", "--run_name", "again",
+               "--final_full_eval", "true", "--vllm_gpu_memory_utilization", "0.5"]
+    assert grpo_launch(tmp_path, *allowed)[1] == config
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--generation_kwargs", '{"top_k": 5}'], "generation_kwargs ({"),
+    (["--shuffle_dataset", "false"], "shuffle_dataset (True in the run, False now)"),
+    (["--chat_template_kwargs", '{"enable_thinking": false}'], "chat_template_kwargs (None in the run"),
+    (["--eval_limit", "4"], "eval_limit (8 in the run, 4 now); validation_sample (the content differs"),
+    (["--limit_seed", "1"], "limit_seed (0 in the run, 1 now); validation_sample (the content differs"),
+    (["--limit_strategy", "head"], "limit_strategy ('random' in the run, 'head' now); validation_sample"),
+    (["--eval_temperature", "0.7"], "eval_temperature (1.0 in the run, 0.7 now)"),
+    ("edit train.jsonl", "train_data (the content differs: fingerprint"),
+])
+def test_a_relaunch_that_changes_the_run_fails_at_start_up_naming_the_change(tmp_path, change, named):
+    """The recipe compares the relaunch with the run before it loads a model: every setting outside the allow-list,
+    and the content of the training data and of the validation sample."""
+    import grpo as recipe
+
+    (_, args, _), config = grpo_launch(tmp_path)
+    resume_or_start_over(args, "grpo", config)  # the run's first launch
+    (tmp_path / "run" / "checkpoint-4").mkdir()
+    if change == "edit train.jsonl":
+        rows = (tmp_path / "train.jsonl").read_text().splitlines()
+        (tmp_path / "train.jsonl").write_text("\n".join(rows[:3] + [rows[3].replace('"6"', '"7"')] + rows[4:]) + "\n")
+        change = []
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ValueError, match="holds a run with other settings than this launch") as error:
+        recipe.main(*grpo_launch(tmp_path, *change)[0])
+    assert named in str(error.value)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing touched
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -133,20 +192,58 @@ def test_the_best_checkpoint_is_recorded_where_it_was_published(tmp_path, tiny_c
     assert saved["best_model_checkpoint"] == str(out / "checkpoint-1")
 
 
+class GuardedTrainer:
+    """What Preemption.guard needs of a trainer: its args (steps_per_rollout_batch), add_callback and
+    save_preempted_checkpoint (a Trainer's come from ResumableTrainerMixin, exercised by the launches below)."""
+
+    def __init__(self, steps_per_rollout_batch: int):
+        self.args = SimpleNamespace(steps_per_rollout_batch=steps_per_rollout_batch)
+        self.callbacks, self.saved, self.validation_pending = [], [], False
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def save_preempted_checkpoint(self, validation_pending):
+        self.saved.append(validation_pending)
+        return "checkpoint-4"
+
+
+def test_sigterm_before_training_exits_75_at_once():
+    with pytest.raises(SystemExit) as exit_:
+        with Preemption():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # not reached: the handler raises as soon as the signal is handled
+    assert exit_.value.code == PREEMPTED_EXIT_CODE and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_preemption_stops_only_at_a_resume_boundary_or_the_last_step():
-    callback = PreemptionCallback(boundary_steps=4)
-    state, control = TrainerState(max_steps=10), TrainerControl()
-    with callback.armed():
-        os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and callback.requested
-    for step in (1, 2, 3, 4):
-        state.global_step = step
-        callback.on_step_end(None, state, control)
-        assert control.should_training_stop is (step == 4) and callback.preempted is (step == 4)
-    late, control = PreemptionCallback(boundary_steps=4), TrainerControl()
-    late.requested, state.global_step = True, 10  # the run's last step ends mid-rollout-batch
-    late.on_step_end(None, state, control)
-    assert control.should_save and control.should_training_stop
+    trainer = GuardedTrainer(steps_per_rollout_batch=4)
+    with pytest.raises(SystemExit) as exit_:  # leaving a preempted launch exits with 75
+        with Preemption() as preemption, preemption.guard(trainer):
+            (callback,) = trainer.callbacks
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
+            assert preemption.requested
+            state = TrainerState(max_steps=10)
+            for step in (1, 2, 3, 4):
+                state.global_step, control = step, TrainerControl(should_evaluate=True)
+                callback.on_step_end(None, state, control)
+                assert control.should_training_stop is control.should_save is (step == 4)
+                # the validation due at the boundary is left to the relaunch
+                assert control.should_evaluate is (step != 4) and trainer.validation_pending is (step == 4)
+            state.global_step, control = 10, TrainerControl()  # the run's last step ends mid-rollout-batch
+            callback.on_step_end(None, state, control)
+            assert control.should_save and control.should_training_stop
+            state.global_step, control = 5, TrainerControl()  # after a validation or a save mid-rollout-batch: go on
+            callback.on_evaluate(None, state, control)
+            callback.on_save(None, state, control)
+            assert not control.should_training_stop
+            state.global_step = 8  # after a validation at a boundary: save and stop
+            callback.on_evaluate(None, state, control)
+            assert control.should_save and control.should_training_stop
+            assert preemption.validation_safe_point(state)  # a validation at a boundary stops between chunks
+            assert preemption.validation_safe_point(TrainerState(global_step=5, max_steps=10)) is None
+            preemption.safe_point(validation_pending=True)  # raises Preempted, which the guard takes
+    assert exit_.value.code == PREEMPTED_EXIT_CODE and trainer.saved == [True]
 
 
 def test_the_prompt_sampler_shuffles_each_epoch_as_trl_does_whenever_it_starts():
@@ -176,17 +273,20 @@ def recipe_env(*paths: Path) -> dict:
     return env
 
 
-def run(command: list[str], env: dict, log: Path, until=None, sig=signal.SIGTERM, timeout: float = 300):
+def run(command: list[str], env: dict, log: Path, until=None, sig=signal.SIGTERM, timeout: float = 300,
+        group: bool = False):
     """Run `command` to its end; with `until`, send `sig` as soon as `until()` returns a value, and return it
-    with the exit code (the value None: the process ended first)."""
+    with the exit code (the value None: the process ended first). `group`: the command runs in a process group of
+    its own, and the signal goes to the whole group (as torchrun passes a signal on to a rank's group)."""
     with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=group)
         seen, deadline = None, time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
             if until is not None and seen is None:
                 seen = until()
                 if seen is not None:
-                    process.send_signal(sig)
+                    os.killpg(process.pid, sig) if group else process.send_signal(sig)
             time.sleep(0.02)
         if process.poll() is None:
             process.kill()
@@ -217,7 +317,8 @@ def comparable_metrics(out: Path) -> list[dict]:
 
 
 # GRPO: 12 optimizer steps, 4 per rollout batch (8 rollouts, 4 per step, 2 epochs over each rollout batch), a
-# checkpoint every rollout batch, validation at steps 8 and 12, a scripted reward with spread.
+# checkpoint every rollout batch, validation at steps 8 and 12 (8 problems in 4 chunks of 2, up to 128 tokens each),
+# a scripted reward with spread.
 GRPO_STEPS, GRPO_BOUNDARY = 12, 4
 
 
@@ -231,7 +332,7 @@ def grpo_setup(tiny_checkpoint, tmp_path_factory):
             "--reward_funcs", "rewards_for_test.length_reward", "--loss_type", "grpo_clip",
             "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--epochs_per_rollout_batch", "2",
             "--max_steps", str(GRPO_STEPS), "--save_strategy", "steps", "--save_steps", str(GRPO_BOUNDARY),
-            "--eval_steps", "8"]
+            "--eval_steps", "8", "--eval_max_tokens", "128", "--per_device_eval_batch_size", "2"]
     return SimpleNamespace(root=root, args=args, env=recipe_env(root))
 
 
@@ -265,7 +366,7 @@ def test_grpo_sigterm_finishes_the_rollout_batch_saves_and_exits_75(grpo_preempt
     assert checkpoint_steps(run_.out) == [boundary]
     assert logged_steps(run_.out) == list(range(1, boundary + 1))
     assert not (run_.out / STAGING_DIR).exists() and not (run_.out / "model.safetensors").exists()
-    assert f"preempted: saved checkpoint-{boundary}" in run_.log.read_text()
+    assert f"preempted: the relaunch continues from {run_.out / f'checkpoint-{boundary}'}" in run_.log.read_text()
 
 
 @pytest.mark.slow
@@ -292,14 +393,87 @@ def test_grpo_budget_counts_the_training_time_before_the_checkpoint(grpo_setup, 
     record = out / f"checkpoint-{checkpoint}" / TRAINING_TIME_FILE
     assert 0 < json.loads(record.read_text())["training_seconds"] < 600
     record.write_text(json.dumps({"training_seconds": 3600.0}))  # as if the first segment had trained an hour
-    code, _ = run(grpo(grpo_setup, out, "--max_train_hours", "1"), grpo_setup.env, tmp_path / "log")
-    assert code == 0, (tmp_path / "log").read_text()[-3000:]
-    # The budget was spent before this segment: it trains one step, saves and ends (normally: a budget is no
-    # preemption); counted from this segment alone, it would have run all 12 steps.
-    assert logged_steps(out) == list(range(1, checkpoint + 2))
-    assert checkpoint_steps(out) == [checkpoint, checkpoint + 1]
-    assert json.loads((out / f"checkpoint-{checkpoint + 1}" / TRAINING_TIME_FILE).read_text())["training_seconds"] > 3600
+    code, _ = run(grpo(grpo_setup, out, "--max_train_hours", "1", "--final_full_eval", "true"), grpo_setup.env,
+                  tmp_path / "log")
+    log = (tmp_path / "log").read_text()
+    assert code == 0, log[-3000:]
+    # The budget was spent before this segment: it trains no step and saves no checkpoint, says why, writes the
+    # trained model and runs the final validation (it ends normally: a budget is no preemption). Counted from this
+    # segment alone, it would have run all 12 steps.
+    assert "max_train_hours: the budget of 1 h is spent (3600 s trained before this segment" in log
+    assert logged_steps(out) == list(range(1, checkpoint + 1))
+    assert checkpoint_steps(out) == [checkpoint]
     assert (out / "model.safetensors").exists()
+    assert json.loads((out / "final_eval" / "summary.json").read_text())["n"] == 12
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_grpo_sigterm_to_the_process_group_during_validation(grpo_setup, grpo_uninterrupted, tiny_checkpoint, tmp_path):
+    """torchrun passes a SIGTERM on to each rank's whole process group, grading workers included. Sent while the
+    validation at step 8 (a rollout-batch boundary) is under way: the workers grade on, the run stops between two
+    chunks of problems with checkpoint-8 and its validation pending, and exits with 75; the relaunch resumes that
+    validation (its records kept) and ends equal to the uninterrupted run. No answer is ever scored "timeout"."""
+    out = tmp_path / "run"
+    records = out / "eval" / "eval-step000008" / "generations.jsonl"
+    first_chunk = lambda: 8 if records.exists() and records.read_text().count("\n") >= 2 else None  # noqa: E731
+    code, seen = run(grpo(grpo_setup, out), grpo_setup.env, tmp_path / "log1", until=first_chunk, group=True)
+    log = (tmp_path / "log1").read_text()
+    assert code == PREEMPTED_EXIT_CODE and seen == 8, log[-3000:]
+    assert checkpoint_steps(out) == [4, 8] and (out / "checkpoint-8" / PENDING_VALIDATION_FILE).exists()
+    partial = jsonl(records)
+    assert 2 <= len(partial) < 8 and all(r["unscored"] is None for r in partial), partial
+    assert logged_steps(out) == list(range(1, 9)) and not any("eval_n" in m for m in jsonl(out / "metrics.jsonl"))
+    assert f"preempted: the relaunch continues from {out / 'checkpoint-8'}" in log
+
+    code, _ = run(grpo(grpo_setup, out), grpo_setup.env, tmp_path / "log2")
+    log = (tmp_path / "log2").read_text()
+    assert code == 0, log[-3000:]
+    assert f"from {out / 'checkpoint-8'}" in log and f"{len(partial)} of 8 problems already graded" in log
+    assert not (out / "checkpoint-8" / PENDING_VALIDATION_FILE).exists()
+    assert_resumed_weights(out, grpo_uninterrupted, before=tiny_checkpoint)
+    assert comparable_metrics(out) == comparable_metrics(grpo_uninterrupted)  # step 8's validation logged once
+    for step in (8, 12):  # seeded: the same responses as the uninterrupted run's, graded for real
+        folder = f"eval/eval-step{step:06d}"
+        assert jsonl(out / folder / "generations.jsonl") == jsonl(grpo_uninterrupted / folder / "generations.jsonl")
+        assert json.loads((out / folder / "summary.json").read_text())["grading_timeouts"] == 0
+    histories = [[{k: v for k, v in record.items() if k not in TIMING} for record in
+                  json.loads((run_dir / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]]
+                 for run_dir in (out, grpo_uninterrupted)]
+    assert histories[0] == histories[1]  # checkpoint-8 now records its validation, as the uninterrupted one does
+
+
+@pytest.mark.slow
+def test_grpo_sigterm_in_the_final_validation_exits_75_and_the_relaunch_resumes_it(grpo_setup, grpo_uninterrupted,
+                                                                                   tmp_path):
+    """A SIGTERM after the last step, while the final full validation runs (12 problems in chunks of 2): the run
+    stops between two chunks and exits with 75 (it stopped early), keeping the records so far; the relaunch trains
+    nothing, resumes that validation and ends with exit 0 and the records of a final validation never interrupted."""
+    final = ("--final_full_eval", "true")  # a relaunch may add it (trl_math.resume.MAY_CHANGE)
+    out, reference = tmp_path / "run", tmp_path / "reference"
+    for run_dir in (out, reference):
+        shutil.copytree(grpo_uninterrupted, run_dir)
+    records = out / "final_eval" / "generations.jsonl"
+    first_chunk = lambda: 1 if records.exists() and records.read_text().count("\n") >= 2 else None  # noqa: E731
+    code, seen = run(grpo(grpo_setup, out, *final), grpo_setup.env, tmp_path / "log1", until=first_chunk)
+    log = (tmp_path / "log1").read_text()
+    assert code == PREEMPTED_EXIT_CODE and seen == 1, log[-3000:]
+    partial = jsonl(records)
+    assert 2 <= len(partial) < 12 and all(r["unscored"] is None for r in partial), partial
+    assert not (out / "final_eval" / "summary.json").exists()
+
+    code, _ = run(grpo(grpo_setup, out, *final), grpo_setup.env, tmp_path / "log2")
+    log = (tmp_path / "log2").read_text()
+    assert code == 0, log[-3000:]
+    assert f"{len(partial)} of 12 problems already graded" in log
+    code, _ = run(grpo(grpo_setup, reference, *final), grpo_setup.env, tmp_path / "log3")
+    assert code == 0, (tmp_path / "log3").read_text()[-3000:]
+    assert jsonl(records) == jsonl(reference / "final_eval" / "generations.jsonl")
+    assert json.loads((out / "final_eval" / "summary.json").read_text())["n"] == 12
+    assert logged_steps(out) == logged_steps(grpo_uninterrupted)  # nothing trained after the last step
 
 
 @pytest.mark.slow
@@ -365,7 +539,7 @@ def test_grpo_two_processes_stop_together_when_one_gets_sigterm(grpo_setup, tmp_
     text = log.read_text()
     assert code != 0 and f"exitcode  : {PREEMPTED_EXIT_CODE}" in text, text[-3000:]
     (checkpoint,) = checkpoint_steps(out)
-    assert f"preempted: saved checkpoint-{checkpoint}" in text
+    assert f"preempted: the relaunch continues from {out / f'checkpoint-{checkpoint}'}" in text
     assert checkpoint % GRPO_BOUNDARY == 0 and logged_steps(out) == list(range(1, checkpoint + 1))
 
 
@@ -395,3 +569,69 @@ def test_sft_sigterm_saves_the_step_in_flight_and_the_relaunch_finishes(tiny_che
     code, _ = run(command, recipe_env(), tmp_path / "log3")
     assert code == 0 and f"from {out / 'checkpoint-40'}" in (tmp_path / "log3").read_text()
     assert logged_steps(out) == list(range(1, 41))
+
+
+# The supplement's trainers: the same restarts (instruction tuning: 8 steps, no periodic checkpoint, validation loss
+# at steps 4 and 8; DPO: 6 steps, validation and a checkpoint every 2, the best one loaded at the end).
+def supplement_command(recipe: str, checkpoint: Path, data: Path, out: Path) -> list[str]:
+    common = ["--model_name_or_path", str(checkpoint), "--dtype", "float32", "--output_dir", str(out), "--bf16", "false",
+              "--use_cpu", "true", "--report_to", "none", "--gradient_checkpointing", "false", "--logging_steps", "1",
+              "--total_train_batch_size", "8", "--gradient_accumulation_steps", "2", "--learning_rate", "1e-3"]
+    if recipe == "instruction_tuning.py":
+        extra = ["--train_source", str(data / "train.jsonl.gz"), "--eval_source", str(data / "test.jsonl.gz"),
+                 "--seq_length", "32", "--max_steps", "8", "--eval_strategy", "steps", "--eval_steps", "4",
+                 "--save_strategy", "no"]
+    else:
+        extra = ["--hh_sources", str(data / "hh"), "--validation_size", "8", "--per_device_eval_batch_size", "4",
+                 "--max_steps", "6", "--eval_steps", "2", "--save_steps", "2"]
+    return [sys.executable, str(REPO_ROOT / "recipes" / recipe), *common, *extra]
+
+
+@pytest.fixture(scope="module")
+def supplement_data(tmp_path_factory) -> Path:
+    from test_supplement_dpo import write_hh
+    from test_supplement_instruction_tuning import rows, write_gz
+    from trl_math.supplement.hh import HH_SUBSETS
+
+    root = tmp_path_factory.mktemp("supplement")
+    write_gz(root / "train.jsonl.gz", rows(24))
+    write_gz(root / "test.jsonl.gz", rows(6, offset=3))
+    pairs = [(f"Do you like {thing} number {i}?", f"Yes, I like {thing}.", f"No. {thing} is bad.")
+             for i in range(4) for thing in ("tea", "rain", "music", "snow", "bread", "maps", "bees", "clocks")]
+    write_hh(root / "hh", {subset: pairs[k::4] for k, subset in enumerate(HH_SUBSETS)})
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["instruction_tuning.py", "dpo.py"])
+def test_supplement_sigterm_saves_a_checkpoint_and_the_relaunch_ends_as_the_uninterrupted_run(
+        recipe, supplement_data, tiny_checkpoint, tmp_path):
+    reference, out = tmp_path / "uninterrupted", tmp_path / "run"
+    code, _ = run(supplement_command(recipe, tiny_checkpoint, supplement_data, reference), recipe_env(), tmp_path / "log0")
+    assert code == 0, (tmp_path / "log0").read_text()[-3000:]
+
+    command = supplement_command(recipe, tiny_checkpoint, supplement_data, out)
+    code, seen = run(command, recipe_env(), tmp_path / "log1", until=when_logged(out, 1))
+    log = (tmp_path / "log1").read_text()
+    assert code == PREEMPTED_EXIT_CODE and seen is not None, log[-3000:]
+    stopped = checkpoint_steps(out)[-1]  # a checkpoint of the step where it stopped, whatever save_strategy says
+    assert seen <= stopped < logged_steps(reference)[-1] and logged_steps(out) == list(range(1, stopped + 1))
+    assert f"preempted: the relaunch continues from {out / f'checkpoint-{stopped}'}" in log
+
+    code, _ = run(command, recipe_env(), tmp_path / "log2")
+    log = (tmp_path / "log2").read_text()
+    assert code == 0, log[-3000:]
+    assert f"resume: continuing the run in {out} from {out / f'checkpoint-{stopped}'}" in log
+    assert_resumed_weights(out, reference, before=tiny_checkpoint)  # torch.equal, every tensor
+    assert comparable_metrics(out) == comparable_metrics(reference)  # no step repeated or skipped, same losses
+
+    # The relaunch checks the run's settings and data: another DPO beta, or other instruction-tuning documents.
+    import importlib
+
+    module = importlib.import_module(recipe.removesuffix(".py"))  # recipes/ is on sys.path (test_grpo_recipe)
+    changed = ["--beta", "0.5"] if recipe == "dpo.py" else ["--train_source", str(supplement_data / "test.jsonl.gz")]
+    expected = "beta (0.1 in the run, 0.5 now)" if recipe == "dpo.py" else "train_data (the content differs"
+    parser = TrlParser(module.ARGUMENTS)
+    with pytest.raises(ValueError, match="holds a run with other settings than this launch") as error:
+        module.main(*parser.parse_args_and_config(args=command[2:] + changed))
+    assert expected in str(error.value)

@@ -105,6 +105,18 @@ def assert_cut_at_the_stop_string(texts: list[str]):
         assert "e" not in text[:-1], text
 
 
+def validation_responses(folder: Path) -> list[str]:
+    """The responses of a validation, after checking that it sampled with its own settings (tiny_cpu.yaml's eval_*:
+    temperature 1.0, at most 32 tokens, stop after </answer>, seed 0), not with the rollouts' (at most 16 tokens,
+    stop after "e")."""
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["sampling"] == {"temperature": 1.0, "top_p": 1.0, "max_tokens": 32, "min_tokens": 4,
+                                   "stop": ["</answer>"], "include_stop_str_in_output": True, "seed": 0}
+    records = read_jsonl(folder / "generations.jsonl")
+    assert max(r["response_tokens"] for r in records) > 16 and any("e" in r["response"][:-1] for r in records)
+    return [r["response"] for r in records]
+
+
 def test_grpo_colocate_syncs_the_policy_into_the_engine_and_the_control_does_not(engine_checkpoint, problems, tmp_path):
     common = ("--vllm_mode", "colocate", "--vllm_importance_sampling_correction", "true", "--max_steps", "4")
     run_recipe("grpo.py", grpo_args(engine_checkpoint, problems, tmp_path / "synced", *common), problems)
@@ -120,9 +132,10 @@ def test_grpo_colocate_syncs_the_policy_into_the_engine_and_the_control_does_not
     rollouts = read_jsonl(tmp_path / "synced" / "rollouts" / "rank0.jsonl")
     assert len(rollouts) == 4 * 8
     assert_cut_at_the_stop_string([r["completion"] for r in rollouts])  # what the rewards graded
-    validation = read_jsonl(tmp_path / "synced" / "eval" / "eval-step000004" / "generations.jsonl")
-    assert len(validation) == 8 and {r["finish_reason"] for r in validation} <= {"stop", "length"}
-    assert_cut_at_the_stop_string([r["response"] for r in validation])
+    assert len(validation_responses(tmp_path / "synced" / "eval" / "eval-step000004")) == 8
+    # Seeded: the control's engine keeps the initial weights, and answers both validations alike.
+    stale = [validation_responses(tmp_path / "stale" / "eval" / f"eval-step{step:06d}") for step in (2, 4)]
+    assert stale[0] == stale[1]
 
 
 def test_grpo_colocate_on_two_processes(engine_checkpoint, problems, tmp_path):
@@ -136,7 +149,7 @@ def test_grpo_colocate_on_two_processes(engine_checkpoint, problems, tmp_path):
     assert_cut_at_the_stop_string([r["completion"] for r in rollouts])
     final = read_jsonl(run / "final_eval" / "generations.jsonl")
     assert sorted(r["problem_id"] for r in final) == list(range(12))  # every problem once, on two engines
-    assert_cut_at_the_stop_string([r["response"] for r in final])
+    assert len(validation_responses(run / "final_eval")) == 12
 
 
 def test_grpo_against_a_vllm_server(engine_checkpoint, problems, tmp_path):
@@ -161,7 +174,8 @@ def test_grpo_against_a_vllm_server(engine_checkpoint, problems, tmp_path):
                 time.sleep(2)
         run = tmp_path / "run"
         run_recipe("grpo.py", grpo_args(engine_checkpoint, problems, run, "--vllm_mode", "server", "--max_steps", "2",
-                                        "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port)),
+                                        "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port),
+                                        "--eval_on_start", "true"),
                    problems, flags=("--stub-nccl",))
     finally:
         os.killpg(server.pid, 15)
@@ -169,9 +183,9 @@ def test_grpo_against_a_vllm_server(engine_checkpoint, problems, tmp_path):
     rollouts = read_jsonl(run / "rollouts" / "rank0.jsonl")
     assert len(rollouts) == 2 * 8 and len({r["completion"] for r in rollouts}) > 1
     assert_cut_at_the_stop_string([r["completion"] for r in rollouts])
-    validation = read_jsonl(run / "eval" / "eval-step000002" / "generations.jsonl")
-    assert len(validation) == 8
-    assert_cut_at_the_stop_string([r["response"] for r in validation])
+    # Seeded: the server keeps the initial weights (no transfer), and answers both validations alike.
+    validations = [validation_responses(run / "eval" / f"eval-step{step:06d}") for step in (0, 2)]
+    assert len(validations[0]) == 8 and validations[0] == validations[1]
 
 
 def greedy_responses(model_dir: Path, prompts: list[str], max_tokens: int) -> list[str]:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from .files import write_json_atomic
 
@@ -111,12 +111,6 @@ class MathDataArguments:
                   "left out and counted."},
     )
 
-    # The fields that define a training run (trl_math.resume): the training problems and how they are prompted.
-    run_fields: ClassVar[tuple[str, ...]] = (
-        "train_source", "train_split", "train_limit", "limit_strategy", "limit_seed", "problem_field", "answer_field",
-        "solution_field", "prompt", "skip_malformed",
-    )
-
     def __post_init__(self):
         # On the command line a field can only be given as text: "null" and "none" mean None there, as in YAML.
         for name in ("answer_field", "solution_field"):
@@ -124,19 +118,20 @@ class MathDataArguments:
                 setattr(self, name, None)
 
     def load_problems(self, which: str, limit: int | None | object = _CONFIGURED_LIMIT,
-                      output_dir: str | Path | None = None):
+                      output_dir: str | Path | None = None, summary: dict | None = None):
         """The training ('train') or validation ('eval') problems these arguments describe.
 
         `limit` overrides train_limit / eval_limit (None: every row); left out, the configured one applies.
         `output_dir`: the run's; the read's summary (rows read, left out, skipped, kept) is recorded under `which`
-        in its data_summary.json (`record_data_summary`).
+        in its data_summary.json (`record_data_summary`). `summary`: a dict to fill with it instead, for a recipe
+        that records it once it knows the run (trl_math.resume).
         """
         if which not in ("train", "eval"):
             raise ValueError(f"which must be 'train' or 'eval', got {which!r}")
         source = self.train_source if which == "train" else self.eval_source
         if source is None:
             raise ValueError(f"{which}_source: required")
-        summary: dict = {}
+        summary = {} if summary is None else summary
         problems = load_math_problems(
             source,
             split=self.train_split if which == "train" else self.eval_split,
@@ -163,6 +158,13 @@ def record_data_summary(output_dir: str | Path, key: str, summary: dict) -> None
     path = Path(output_dir) / DATA_SUMMARY_FILE
     summaries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     write_json_atomic(path, summaries | {key: summary})
+
+
+def record_data_summaries(output_dir: str | Path, summaries: dict[str, dict]) -> None:
+    """`record_data_summary` for each read of `summaries` ({which: summary}; an empty summary: nothing was read)."""
+    for key, summary in summaries.items():
+        if summary:
+            record_data_summary(output_dir, key, summary)
 
 
 def packaged_prompt(name: str) -> str:

@@ -161,6 +161,7 @@ def evaluate(
     fingerprint: dict | None = None,
     state=None,
     desc: str = "evaluate",
+    safe_point: Callable[[], None] | None = None,
 ) -> EvaluationResult:
     """Sample one response per prompt, grade it with `reward_fn`, write the files (module doc); returns them.
 
@@ -168,7 +169,8 @@ def evaluate(
     on the chunking), and each chunk reaches the disk as soon as it is graded. `pool`: a
     `grading_pool(reward_fn)` to reuse (starting one takes seconds); None starts one for this call.
     `fingerprint`: what identifies this run for `resume` (e.g. model, prompt, sampling). `state`: an
-    accelerate PartialState when several processes evaluate together (None: the current one).
+    accelerate PartialState when several processes evaluate together (None: the current one). `safe_point`: see
+    `stream_evaluation`.
     """
     if len(prompts) != len(ground_truths) or (problem_ids is not None and len(problem_ids) != len(prompts)):
         raise ValueError(f"got {len(prompts)} prompts, {len(ground_truths)} ground truths"
@@ -207,7 +209,7 @@ def evaluate(
             lambda records, _throughput: {**summarize(records), **(extra_summary or {})},
             identities=[{"prompt": p, "ground_truth": str(t)} for p, t in zip(prompts, ground_truths)],
             run={**(fingerprint or {}), "problems": problems_hash(prompts, ground_truths, problem_ids)},
-            chunk_size=chunk_size, resume=resume, state=state, desc=desc, unit="problem",
+            chunk_size=chunk_size, resume=resume, state=state, desc=desc, unit="problem", safe_point=safe_point,
         )
     finally:
         if own_pool:
@@ -228,6 +230,7 @@ def stream_evaluation(
     state=None,
     desc: str = "evaluate",
     unit: str = "example",
+    safe_point: Callable[[], None] | None = None,
 ) -> EvaluationResult:
     """Sample one response per prompt, `chunk_size` prompts at a time, and stream the records that
     `make_records(indices, completions)` (main process) builds of each chunk to generations.jsonl; then write
@@ -237,6 +240,9 @@ def stream_evaluation(
     {"prompt": the prompt}), which `resume` checks a kept record against. `run`: what produced the records
     (written to evaluation.json; default: a hash of the identities), whose change `resume` refuses. The
     throughput counts the prompts sampled by this call and the time spent in the sampler.
+
+    `safe_point()`, when given, is called by every process before each chunk; it may raise to stop the evaluation
+    there (a preempted run: trl_math.preemption), leaving whole records of the chunks done for a resume.
     """
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
@@ -264,7 +270,7 @@ def stream_evaluation(
     if state.num_processes > 1:
         missing = broadcast_object_list([missing], from_process=0)[0]
     records, throughput = _sample_and_record(sampler, prompts, make_records, missing, output_dir, chunk_size, state,
-                                             desc, unit)
+                                             desc, unit, safe_point)
     summary = None
     if main:
         records = sorted([*kept.values(), *records], key=lambda r: r["index"])
@@ -279,9 +285,9 @@ def stream_evaluation(
 
 
 def _sample_and_record(sampler, prompts, make_records, indices, output_dir, chunk_size, state, desc,
-                       unit) -> tuple[list[dict], Throughput]:
+                       unit, safe_point=None) -> tuple[list[dict], Throughput]:
     """Records of the prompts at `indices`, appended to generations.jsonl chunk by chunk (main process), and
-    the time spent sampling them."""
+    the time spent sampling them; `safe_point()` before each chunk."""
     main = state.is_main_process
     records: list[dict] = []
     seconds = 0.0
@@ -289,6 +295,8 @@ def _sample_and_record(sampler, prompts, make_records, indices, output_dir, chun
     try:
         with tqdm(total=len(indices), desc=desc, unit=unit, disable=not main) as bar:
             for start in range(0, len(indices), chunk_size):
+                if safe_point is not None:
+                    safe_point()
                 chunk = indices[start : start + chunk_size]
                 began = time.perf_counter()
                 groups = sample_sharded(sampler, [prompts[i] for i in chunk], 1, chunk, state)

@@ -7,10 +7,15 @@ into the engine before each sampling, or transformers' generate), graded by the 
 same reward function, and each SFT phase is a MathSFTTrainer (the assignment's SFT loss, gradient
 clipping 1.0, accelerate, report_to backends).
 
-Every EI step draws its randomness from `seed + step` (question batch, rollouts, SFT data order), and
-ends by saving the model, the tokenizer, the step index, the RNG states and the log. A restarted run
-loads the last saved step and continues with the next: it ends with the same weights as an
-uninterrupted run (tests/test_expert_iteration.py checks they are equal).
+Every EI step draws its randomness from `seed + step` (question batch, rollouts, SFT data order). Once its SFT
+phase is done it saves the model, the tokenizer, the step index, the RNG states and the log, then validates and
+records that. A restarted run loads the last saved step, finishes its validation if that was cut short (resuming
+its records), and continues with the next step: it ends with the same weights as an uninterrupted run
+(tests/test_expert_iteration.py checks they are equal).
+
+SIGTERM (trl_math.preemption): the run stops before or after the rollouts' sampling, after an optimizer step of
+the SFT phase, between two chunks of validation problems, or after an EI step. A step not yet saved is abandoned
+(the relaunch redoes it, identically); a saved one keeps its validation pending.
 
 Each record of the log (metrics.jsonl) carries `step`, the EI step, and `optimizer_step`, the optimizer steps
 of the SFT phases so far: the axis on which `trl-math plot` draws EI runs beside SFT's and GRPO's optimizer steps.
@@ -26,13 +31,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from .files import JsonlWriter, write_json_atomic, write_jsonl_atomic
 from .generation_log import response_entropies
@@ -44,7 +49,8 @@ from .run_log import METRICS_FILE
 from .sampling import SamplingConfig, sample_sharded, trainer_sampler
 from .sft_config import MathSFTConfig
 from .sft_trainer import MathSFTTrainer
-from .validation import validate, validation_dir, validation_metrics, write_validation_problems
+from .validation import (announce_validation_sampling, validate, validation_dir, validation_metrics,
+                         write_validation_problems)
 
 STATE_FILE = "ei_state.json"
 
@@ -80,12 +86,6 @@ class ExpertIterationConfig(MathSFTConfig):
                   "a previous run in output_dir is first moved to <output_dir>.replaced-<time>."},
     )
 
-    # The fields that define a run (trl_math.resume): each SFT phase's, plus how the rollouts are drawn.
-    run_fields: ClassVar[tuple[str, ...]] = MathSFTConfig.run_fields + (
-        "questions_per_step", "rollouts_per_question", "num_train_epochs", "rollout_temperature", "rollout_top_p",
-        "rollout_max_tokens", "rollout_min_tokens", "eval_stop",
-    )
-
     def __post_init__(self):
         def fail(name: str, message: str):
             raise ValueError(f"ExpertIterationConfig: {name}: {message}")
@@ -117,9 +117,27 @@ class ExpertIterationConfig(MathSFTConfig):
 
 
 def saved_state(output_dir: str | Path) -> str | None:
-    """The state file an expert-iteration run resumes from (written once an EI step has completed), or None."""
+    """The folder of the last EI step an expert-iteration run resumes from (recorded in its state file once an EI
+    step has completed), or None."""
     path = Path(output_dir) / STATE_FILE
-    return str(path) if path.exists() else None
+    if not path.exists():
+        return None
+    return str(_step_dir(output_dir, json.loads(path.read_text())["completed_steps"] - 1))
+
+
+def _step_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"ei_step_{step + 1:02d}"
+
+
+class _AbandonOnSignal(TrainerCallback):
+    """An SFT phase's safe point: after each optimizer step, a SIGTERM abandons the EI step (nothing of it is
+    saved yet; the relaunch redoes it)."""
+
+    def __init__(self, preemption):
+        self.preemption = preemption
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.preemption.safe_point()
 
 
 def _reject_sharded_training(args: ExpertIterationConfig) -> None:
@@ -178,10 +196,12 @@ class ExpertIterationTrainer:
         self.output_dir = Path(args.output_dir)
         self.base_model = model if isinstance(model, str) else model.config._name_or_path
         _reject_sharded_training(args)
-        self.completed_steps, self.log = 0, []
+        self.completed_steps, self.log, self.validation_pending = 0, [], False
+        self.preemption = None  # the launch's trl_math.preemption.Preemption, set by its guard
         saved = self._load_state() if args.resume else None
         if saved is not None:
             self.completed_steps, self.log = saved["completed_steps"], saved["log"]
+            self.validation_pending = not saved.get("validated", True)
             _set_rng_states(saved["rng"])
             model = str(self._step_dir(self.completed_steps - 1))
             processing_class = AutoTokenizer.from_pretrained(model)
@@ -191,6 +211,7 @@ class ExpertIterationTrainer:
                 (self.output_dir / STATE_FILE).unlink(missing_ok=True)
             if eval_dataset is not None:
                 write_validation_problems(eval_dataset, self.output_dir)
+                announce_validation_sampling(args.eval_sampling())
         self.state.wait_for_everyone()
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
@@ -214,18 +235,21 @@ class ExpertIterationTrainer:
 
     def train(self) -> list[dict]:
         """Run the remaining EI steps; returns the per-step log."""
-        start = time.monotonic() - (self.log[-1]["wall_time_s"] if self.log else 0.0)
+        start = time.monotonic() - max((record.get("wall_time_s", 0.0) for record in self.log), default=0.0)
         try:
             if self.args.eval_on_start and not self.log and self.eval_dataset is not None:  # the step-0 point
                 self.log.append({"step": 0, "optimizer_step": 0, **self._validate(0),
                                  "wall_time_s": round(time.monotonic() - start, 3)})
                 if self.state.is_main_process:
                     self._rewrite_metrics()
+            if self.validation_pending:  # the saved step's validation was cut short: finish it first
+                self._validate_step(self.completed_steps - 1, start, None)
             for step in range(self.completed_steps, self.args.n_ei_steps):
-                record = self._ei_step(step)
-                record["wall_time_s"] = round(time.monotonic() - start, 3)
+                record, phase = self._ei_step(step)
                 self.log.append(record)
                 self._save_step(step)
+                self._validate_step(step, start, phase)
+            self._safe_point()
             if self.args.push_to_hub and self.state.is_main_process:
                 self.push_to_hub()
         finally:
@@ -234,7 +258,30 @@ class ExpertIterationTrainer:
                 self._pool = None
         return self.log
 
-    def _ei_step(self, step: int) -> dict:
+    def _safe_point(self, validation_pending: bool = False) -> None:
+        if self.preemption is not None:
+            self.preemption.safe_point(validation_pending)
+
+    def _validate_step(self, step: int, start: float, phase: MathSFTTrainer | None) -> None:
+        """Validate the saved EI step `step` (resuming its records if a SIGTERM cut it short) and record it; its
+        metrics also go to the report_to backends through the step's SFT phase (`phase`), when it ran here."""
+        record = self.log[-1]
+        record |= self._validate(step + 1, resume=True)  # records there come from this saved step's model
+        record["wall_time_s"] = round(time.monotonic() - start, 3)
+        self.validation_pending = False
+        self._save_state()
+        if phase is not None:
+            phase.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"})
+        self._safe_point()
+
+    def save_preempted_checkpoint(self, validation_pending: bool) -> str | None:
+        """Where a relaunch continues after a SIGTERM (trl_math.preemption): the last saved EI step (saved as soon
+        as its SFT phase ended; whether its validation is pending is in the state file), None before the first."""
+        return str(self._step_dir(self.completed_steps - 1)) if self.completed_steps else None
+
+    def _ei_step(self, step: int) -> tuple[dict, MathSFTTrainer | None]:
+        """Rollouts, their grading and the SFT phase of EI step `step`: its log record (validation aside) and the
+        SFT phase's trainer (None when no rollout was kept)."""
         args, seed = self.args, self.args.seed + step
         questions = self.train_dataset.shuffle(seed=seed).select(range(min(args.questions_per_step, len(self.train_dataset))))
         prompts = [p for p in questions["prompt"] for _ in range(args.rollouts_per_question)]
@@ -262,6 +309,7 @@ class ExpertIterationTrainer:
         record["ei/response_tokens_correct"] = float(np.mean(lengths[True])) if lengths[True] else None
         record["ei/response_tokens_incorrect"] = float(np.mean(lengths[False])) if lengths[False] else None
         record["ei/response_entropy"] = self._rollout_entropy(prompts, completions, seed)
+        self._safe_point()
         if self.state.is_main_process:
             self._write_jsonl(self._step_dir(step) / "rollouts.jsonl", [
                 {"prompt": p, "response": c.text, "ground_truth": t, **r, "response_tokens": c.num_tokens,
@@ -277,14 +325,12 @@ class ExpertIterationTrainer:
                 record["optimizer_step"] += trainer.state.global_step
         else:  # nothing to learn from: the policy stays as it is
             record["ei/sft_loss"] = record["ei/sft_train_loss"] = None
-        record |= self._validate(step + 1)
-        if trainer is not None:  # EI metrics to the report_to backends, through the SFT phase's callbacks
-            trainer.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"})
-        return record
+        return record, trainer
 
     def _sample(self, questions: list[str], sampling: SamplingConfig):
         """G rollouts per question, question-major; the processes sample shares of the questions, and question q's
         rollouts draw from the seeds sampling.seed + q * G + k (sampling module), whatever the process count."""
+        self._safe_point()
         groups = sample_sharded(self._synced_sampler(sampling), questions, self.args.rollouts_per_question,
                                 state=self.state)
         return [c for group in groups for c in group]
@@ -334,39 +380,44 @@ class ExpertIterationTrainer:
         )
         trainer = MathSFTTrainer(model=self.model, args=sft_args, train_dataset=dataset,
                                  processing_class=self.processing_class, reward_fn=self.reward_fn)
+        if self.preemption is not None:
+            trainer.add_callback(_AbandonOnSignal(self.preemption))
         if self.state.is_main_process:  # exactly what this phase trains on
             self._write_jsonl(self._step_dir(step) / "sft_examples.jsonl", trainer.train_dataset.to_list())
         trainer.train()
         return trainer
 
-    def _validate(self, step: int) -> dict:
-        """Validation after EI step `step` (0: before the first), logged as eval_* (trl_math.validation)."""
+    def _validate(self, step: int, resume: bool = False) -> dict:
+        """Validation after EI step `step` (0: before the first), logged as eval_* (trl_math.validation); a
+        SIGTERM stops it between chunks, and `resume` continues its records."""
         if self.eval_dataset is None:
             return {}
-        result = validate(self._synced_sampler(self.args.eval_sampling()), self.reward_fn, self.eval_dataset,
+        sampling = self.args.eval_sampling()
+        result = validate(self._synced_sampler(sampling), sampling, self.reward_fn, self.eval_dataset,
                           validation_dir(self.output_dir, "ei", step), chunk_size=self.args.eval_chunk_size,
-                          extra_summary={"ei_step": step}, state=self.state,
-                          pool=self.grading_pool if self.state.is_main_process else None,
-                          desc=f"validation (EI step {step})")
+                          extra_summary={"ei_step": step}, fingerprint={"ei_step": step}, resume=resume,
+                          state=self.state, pool=self.grading_pool if self.state.is_main_process else None,
+                          desc=f"validation (EI step {step})", safe_point=self._safe_point)
         return validation_metrics(result)
 
     # ----- saving, resuming, pushing ---------------------------------------------------------------
 
     def _step_dir(self, step: int) -> Path:
-        return self.output_dir / f"ei_step_{step + 1:02d}"
+        return _step_dir(self.output_dir, step)
 
     def _load_state(self) -> dict | None:
-        path = saved_state(self.output_dir)
-        if path is None:
+        path = self.output_dir / STATE_FILE
+        if not path.exists():
             return None
-        saved = json.loads(Path(path).read_text())
+        saved = json.loads(path.read_text())
         if not (self._step_dir(saved["completed_steps"] - 1) / "config.json").exists():
             raise FileNotFoundError(f"{path}: says {saved['completed_steps']} EI steps are done, but "
                                     f"{self._step_dir(saved['completed_steps'] - 1)} holds no model")
         return saved
 
     def _save_step(self, step: int) -> None:
-        """Model and tokenizer of the step, then the state file (atomically: the step counts once both exist)."""
+        """Model and tokenizer of the step, then the state file (atomically: the step counts once both exist), with
+        its validation pending."""
         self.state.wait_for_everyone()
         if self.state.is_main_process:
             target = self._step_dir(step)
@@ -379,9 +430,18 @@ class ExpertIterationTrainer:
                     os.replace(target / entry, tmp / entry)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
+        self.completed_steps, self.validation_pending = step + 1, self.eval_dataset is not None
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """The state file (the completed steps, whether the last one's validation is pending, the RNG states, the
+        log) and the metrics log."""
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
             write_json_atomic(self.output_dir / STATE_FILE, {
-                "completed_steps": step + 1, "n_ei_steps": self.args.n_ei_steps, "seed": self.args.seed,
-                "rng": _jsonable(_rng_states()), "log": self.log,
+                "completed_steps": self.completed_steps, "validated": not self.validation_pending,
+                "n_ei_steps": self.args.n_ei_steps, "seed": self.args.seed, "rng": _jsonable(_rng_states()),
+                "log": self.log,
             })
             self._rewrite_metrics()
         self.state.wait_for_everyone()

@@ -27,7 +27,8 @@ from typing import ClassVar
 from trl import GRPOConfig
 
 from .losses import LENGTH_NORMALIZATIONS, LOSS_TYPES
-from .resume import OPTIMIZER_RUN_FIELDS, RESUME_HELP
+from .resume import RESUME_HELP
+from .validation import ValidationSamplingArguments
 
 # TRL's defaults for the fields we derive: a value other than these (and other than ours) was set by the user.
 _TRL_DERIVED_DEFAULTS = {
@@ -57,12 +58,16 @@ _UNSUPPORTED_LOSS_OPTIONS = {
 
 
 @dataclass
-class MathGRPOConfig(GRPOConfig):
+class MathGRPOConfig(GRPOConfig, ValidationSamplingArguments):
     r"""GRPOConfig with the assignment's loss, advantage and batch knobs; defaults are the assignment's.
 
     TRL defaults that change the objective are overridden here: loss_type (TRL: "dapo"), the advantage
     epsilon (TRL: 1e-4 hard-coded), vllm_importance_sampling_correction (TRL: True), the learning-rate
     schedule (TRL: linear decay), betas (TRL: 0.999), logging every step (TRL: every 10).
+
+    Validation samples with the eval_* fields (ValidationSamplingArguments: the assignment's evaluation sampling
+    by default, seeded with eval_seed), not with the rollouts' temperature, top_p, top_k, min_p,
+    repetition_penalty, max_completion_length, stop_string, min_new_tokens or generation_kwargs.
     """
 
     # The assignment's loss
@@ -184,21 +189,18 @@ class MathGRPOConfig(GRPOConfig):
         default=1, metadata={"help": "Completions per validation problem: validation accuracy samples 1 (fixed)."}
     )
     per_device_eval_batch_size: int = field(
-        default=32, metadata={"help": "Validation problems each process samples per generation call."}
+        default=32,
+        metadata={"help": "Validation problems each process samples per generation call (each call draws from one "
+                  "seed: eval_seed + the index of the call's first problem)."},
     )
     log_completions: bool = field(
         default=True, metadata={"help": "Log a sample of (prompt, completion, reward) rows, in training and validation."}
     )
     num_completions_to_print: int | None = field(default=4, metadata={"help": "Completions printed per log."})
 
-    # The fields that define a run (trl_math.resume): a relaunch into the run's output_dir must keep them.
-    # gradient_accumulation_steps too: Trainer resumes by skipping global_step x gradient_accumulation_steps batches.
-    run_fields: ClassVar[tuple[str, ...]] = OPTIMIZER_RUN_FIELDS + (
-        "loss_type", "length_normalization", "normalize_constant", "use_std_normalization", "advantage_eps",
-        "cliprange", "rollout_batch_size", "group_size", "train_batch_size", "epochs_per_rollout_batch",
-        "gradient_accumulation_steps", "stop_string", "min_new_tokens", "max_completion_length", "temperature",
-        "top_p", "top_k", "min_p", "repetition_penalty", "reward_weights", "vllm_importance_sampling_correction",
-    )
+    # The resume check (trl_math.resume) leaves out TRL's fields derived from ours: their sources are checked, and
+    # the per-device batch follows the world size, which a relaunch may change (train_batch_size is the total).
+    derived_fields: ClassVar[tuple[str, ...]] = tuple(_TRL_DERIVED_DEFAULTS)
 
     @property
     def steps_per_rollout_batch(self) -> int:
@@ -278,6 +280,7 @@ class MathGRPOConfig(GRPOConfig):
                  f"{self.num_generations_eval}")
         if self.max_train_hours is not None and not self.max_train_hours > 0:
             fail("max_train_hours", f"must be > 0, got {self.max_train_hours}")
+        self.check_eval_sampling()
         for name, off in _UNSUPPORTED_LOSS_OPTIONS.items():
             if getattr(self, name) != off:
                 fail(name, f"{getattr(self, name)!r} is a TRL loss option that MathGRPOTrainer's loss (the "

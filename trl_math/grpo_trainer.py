@@ -23,7 +23,8 @@ Overridden hooks, each calling TRL for everything it does not change:
   step's micro-batches reduced in one collective (trl_math.step_metrics);
 - `evaluate` is validation accuracy (trl_math.validation), not TRL's evaluation loop: one completion per
   validation problem, sampled by the trainer's own generation (`GRPOGenerationSampler`: vLLM colocate or
-  server, or transformers, with the policy's current weights), each problem once however many processes,
+  server, or transformers, with the policy's current weights) with the validation's sampling (the eval_*
+  fields: the assignment's evaluation sampling, seeded), not the rollouts', each problem once however many processes,
   graded with the course's reward for the prompt (`validation_reward_fn`) whatever reward trains, and
   averaged over problems. No policy forward pass is spent on validation.
 
@@ -42,12 +43,13 @@ state dicts included (trl_math.model_saving).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import DistributedType
+from transformers import GenerationConfig
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
@@ -65,27 +67,43 @@ from .losses import aggregate_per_token_loss, compute_policy_gradient_loss
 from .model_card import AssignmentModelCardMixin
 from .model_saving import FullModelSaveMixin
 from .run_log import MetricsLogCallback
-from .sampling import Completion, Sampler, completion_from_token_ids
+from .sampling import Completion, Sampler, SamplingConfig, completion_from_token_ids
 from .step_metrics import StepTotals
-from .validation import validate, validation_dir, validation_metrics, write_validation_problems
+from .validation import (announce_validation_sampling, validate, validation_dir, validation_metrics,
+                         write_validation_problems)
+
+# TRL's generate() settings that are plumbing, not sampling: validation keeps them (MathGRPOTrainer.sampling_as).
+_GENERATE_PLUMBING = ("pad_token_id", "bos_token_id", "eos_token_id", "cache_implementation", "suppress_tokens")
 
 
 class GRPOGenerationSampler(Sampler):
-    """MathGRPOTrainer's own generation as a `Sampler`: TRL's vLLM (colocate or server; weights synced when the
-    step changed) or transformers path, with the rollouts' sampling settings (temperature, top_p,
-    max_completion_length, stop string, min_new_tokens). Unseeded: `request_ids` are not used.
+    """MathGRPOTrainer's own generation as a `Sampler` of one completion per prompt, sampling with `sampling` (the
+    validation's), not with the rollouts' settings: TRL's vLLM path (colocate or server; weights synced when the
+    step changed) or transformers path, driven through `MathGRPOTrainer.sampling_as`.
 
-    Every process must call it together (TRL's server mode gathers the prompts of all processes)."""
+    Seeds: TRL's generation takes one set of sampling parameters per call, so each call draws from one seed,
+    `sampling.seed` + the index of the call's first prompt over all processes, shared by the call's prompts (vLLM
+    seeds each of them with it; transformers' generate draws one stream). The same seed, per-process batch and
+    process count reproduce the same samples. Every process must call it together (the seed is agreed on, and
+    TRL's server mode gathers the prompts of all processes)."""
 
-    def __init__(self, trainer: "MathGRPOTrainer"):
-        self.trainer = trainer
+    def __init__(self, trainer: "MathGRPOTrainer", sampling: SamplingConfig):
+        self.trainer, self.sampling = trainer, sampling
 
     def sample(self, prompts, n=1, request_ids=None):
+        from accelerate.utils import gather_object
+
+        if n != 1:
+            raise ValueError(f"GRPOGenerationSampler samples one completion per prompt, got n={n}")
+        ids = list(range(len(prompts))) if request_ids is None else list(request_ids)
+        seed = None
+        if self.sampling.seed is not None:
+            seed = self.sampling.seed + min(gather_object([ids[0] if ids else float("inf")]))
         trainer = self.trainer
-        prompt_ids, images, multimodal_fields = trainer._tokenize_prompts([p for p in prompts for _ in range(n)])
-        completion_ids, _ = trainer._generate_single_turn(prompt_ids, images, multimodal_fields, n)
-        completions = [trainer.completion(ids) for ids in completion_ids]
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+        with trainer.sampling_as(self.sampling, seed):
+            prompt_ids, images, multimodal_fields = trainer._tokenize_prompts(list(prompts))
+            completion_ids, _ = trainer._generate_single_turn(prompt_ids, images, multimodal_fields, 1)
+            return [[trainer.completion(ids)] for ids in completion_ids]
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -135,6 +153,7 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
         # shadows TrainingArguments.train_batch_size (per device), which Trainer copied: restore the latter.
         self._train_batch_size = args.per_device_train_batch_size * max(1, args.n_gpu)
         self.validation_reward_fn = validation_reward_fn
+        self._stop_rule = ([] if args.stop_string is None else [args.stop_string], args.min_new_tokens, True)
         self._grading_pool = None
         self._rollouts_trimmed = False
         self.levers = levers if levers is not None else batching.ALL if args.length_aware_batching else batching.NONE
@@ -147,8 +166,10 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
         if args.max_train_hours is not None:
             self.add_callback(WallClockBudgetCallback(args.max_train_hours, self.training_clock))
         self.add_callback(MetricsLogCallback())  # metrics.jsonl: validation curves against step and time
-        if self.eval_dataset is not None and self.accelerator.is_main_process:
-            write_validation_problems(self.eval_dataset, args.output_dir)
+        if self.accelerator.is_main_process:
+            if self.eval_dataset is not None:
+                write_validation_problems(self.eval_dataset, args.output_dir)
+            announce_validation_sampling(args.eval_sampling())
 
     # ----------------------------------------------------------------------------------------- rollouts
     def _get_train_sampler(self, dataset=None):
@@ -164,9 +185,50 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
         return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def completion(self, ids: list[int]) -> Completion:
-        """A generated completion as vLLM reports it (trl_math.sampling), under this run's stop string."""
-        stops = [] if self.args.stop_string is None else [self.args.stop_string]
-        return completion_from_token_ids(ids, self._tokenizer, stops, self.args.min_new_tokens, True, self.eos_token_ids)
+        """A generated completion as vLLM reports it (trl_math.sampling), under the stop rule of the sampling in
+        force: the rollouts' (stop_string, min_new_tokens), or `sampling_as`'s."""
+        stops, min_tokens, keep_stop = self._stop_rule
+        return completion_from_token_ids(ids, self._tokenizer, stops, min_tokens, keep_stop, self.eos_token_ids)
+
+    @contextmanager
+    def sampling_as(self, sampling: SamplingConfig, seed: int | None = None):
+        """While the block runs, TRL's generation (`_generate_single_turn`) samples with `sampling` and `seed`
+        instead of the rollouts' settings, none of which (top_k, min_p, repetition_penalty, generation_kwargs,
+        structured outputs included) carries over. TRL's vLLM generation reads its settings from its
+        VLLMGeneration, the transformers path from `generation_config`: those are swapped, then restored."""
+        if self.use_vllm:
+            owner = self.vllm_generation
+            settings = {
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0, "max_completion_length": sampling.max_tokens,
+                "structured_outputs_regex": None,
+                "generation_kwargs": {"min_tokens": sampling.min_tokens, "stop": list(sampling.stop),
+                                      "include_stop_str_in_output": sampling.include_stop_str_in_output, "seed": seed},
+            }
+        else:
+            kwargs = {key: value for key, value in self.generation_kwargs.items() if key in _GENERATE_PLUMBING}
+            kwargs |= {"max_new_tokens": sampling.max_tokens, "min_new_tokens": sampling.min_tokens,
+                       "do_sample": sampling.temperature > 0}
+            if sampling.temperature > 0:
+                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            owner = self
+            settings = {"generation_config": GenerationConfig(**kwargs, disable_compile=True), "generation_kwargs": kwargs}
+        saved = {name: getattr(owner, name) for name in settings}
+        saved_rule, self._stop_rule = self._stop_rule, (list(sampling.stop), sampling.min_tokens,
+                                                        sampling.include_stop_str_in_output)
+        for name, value in settings.items():
+            setattr(owner, name, value)
+        seeded = seed is not None and not self.use_vllm  # transformers' generate draws from torch's RNG
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices, enabled=seeded):
+                if seeded:
+                    torch.manual_seed(seed)
+                yield
+        finally:
+            for name, value in saved.items():
+                setattr(owner, name, value)
+            self._stop_rule = saved_rule
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         completion_ids, logprobs = super()._generate_single_turn(
@@ -423,7 +485,8 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
         """Validation accuracy of the current policy (module doc); logs and returns `<prefix>_answer_accuracy`...
 
         Files: <output_dir>/eval/<prefix>-step<N>/ (or <output_dir>/final_eval/ for prefix "final_eval", which a
-        relaunch resumes when the policy is the same) with generations.jsonl and summary.json.
+        relaunch resumes when the policy is the same) with generations.jsonl and summary.json. A SIGTERM stops it
+        between chunks at a resume boundary (trl_math.preemption); the relaunch resumes it.
         """
         from transformers import Trainer
 
@@ -438,13 +501,16 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
             "desc": f"{metric_key_prefix} (step {step})",
         }
         output_dir = validation_dir(self.args.output_dir, metric_key_prefix, step)
-        fingerprint = {"step": step, "policy": self._policy_fingerprint()} if final else None
+        fingerprint = {"step": step, **({"policy": self.policy_fingerprint()} if final else {})}
+        sampling = self.args.eval_sampling()
+        sampler = GRPOGenerationSampler(self, sampling)
+        options["safe_point"] = self.validation_safe_point(final)
         try:
-            result = validate(GRPOGenerationSampler(self), self.validation_reward_fn, problems, output_dir,
-                              resume=final, fingerprint=fingerprint, **options)
+            result = validate(sampler, sampling, self.validation_reward_fn, problems, output_dir,
+                              resume=final or self.resuming_validation, fingerprint=fingerprint, **options)
         except EvaluationMismatch as mismatch:  # another policy's partial final validation: start it over
             print(f"{metric_key_prefix}: starting over ({mismatch})", file=sys.stderr)
-            result = validate(GRPOGenerationSampler(self), self.validation_reward_fn, problems, output_dir,
+            result = validate(sampler, sampling, self.validation_reward_fn, problems, output_dir,
                               fingerprint=fingerprint, **options)
         self.model.train(training)
         metrics = {**validation_metrics(result, metric_key_prefix),
@@ -453,19 +519,3 @@ class MathGRPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModel
         Trainer.log(self, metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _policy_fingerprint(self) -> str:
-        """A hash of the policy's weights (gathered from every process), to tell whether a partial final
-        validation was of this policy."""
-        from accelerate.utils import broadcast_object_list
-
-        state_dict = self.accelerator.get_state_dict(self.model)
-        digest = None
-        if self.accelerator.is_main_process:
-            sha = hashlib.sha256()
-            for name in sorted(state_dict):
-                tensor = state_dict[name].detach().cpu().contiguous()
-                sha.update(name.encode())
-                sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-            digest = sha.hexdigest()
-        return broadcast_object_list([digest], from_process=0)[0]

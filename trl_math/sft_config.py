@@ -4,7 +4,7 @@ Training examples are the assignment's SFT format {prompt, response, ground_trut
 MathSFTTrainer's own collator (tokenize_prompt_and_output), so TRL's dataset preparation is skipped and
 its packing / padding-free / DFT-loss options, which that path does not implement, are rejected.
 Validation is the math_baseline evaluation: one sampled response per validation problem, graded, with
-the eval_* fields below as its sampling (the assignment's defaults).
+the eval_* fields (trl_math.validation.ValidationSamplingArguments) as its sampling: the assignment's by default.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from trl import SFTConfig
 
-from .resume import OPTIMIZER_RUN_FIELDS, RESUME_HELP
-from .sampling import SamplingConfig
+from .resume import RESUME_HELP
+from .validation import ValidationSamplingArguments
 
 # TRL options whose code path MathSFTTrainer bypasses, with the only value it accepts.
 _UNSUPPORTED_TRL_OPTIONS = {
@@ -30,7 +30,7 @@ _UNSUPPORTED_TRL_OPTIONS = {
 
 
 @dataclass
-class MathSFTConfig(SFTConfig):
+class MathSFTConfig(SFTConfig, ValidationSamplingArguments):
     """SFTConfig plus the assignment's SFT options (see the module doc); defaults are the assignment's."""
 
     # The assignment's loss and data format
@@ -72,18 +72,7 @@ class MathSFTConfig(SFTConfig):
         },
     )
 
-    # Validation: the math_baseline evaluation of the policy
-    eval_temperature: float = field(default=1.0, metadata={"help": "Validation sampling temperature."})
-    eval_top_p: float = field(default=1.0, metadata={"help": "Validation nucleus-sampling top_p."})
-    eval_max_tokens: int = field(default=1024, metadata={"help": "Most tokens sampled per validation response."})
-    eval_min_tokens: int = field(default=4, metadata={"help": "Fewest tokens sampled per validation response."})
-    eval_stop: str | None = field(
-        default="</answer>",
-        metadata={"help": "Validation responses stop after this string, which is kept. None: no stop string."},
-    )
-    eval_seed: int | None = field(
-        default=0, metadata={"help": "Seed of validation sampling (the same draws at every evaluation). None: unseeded."}
-    )
+    # Validation: the math_baseline evaluation of the policy, sampled as ValidationSamplingArguments says
     num_logged_generations: int = field(
         default=4,
         metadata={
@@ -132,13 +121,9 @@ class MathSFTConfig(SFTConfig):
         default=16, metadata={"help": "Validation prompts per transformers generate() call (without vLLM)."}
     )
 
-    # The fields that define a run (trl_math.resume): a relaunch into the run's output_dir must keep them. The
-    # batch is per_device_train_batch_size x gradient_accumulation_steps x world_size, and Trainer resumes by
-    # skipping global_step x gradient_accumulation_steps batches of each process.
-    run_fields: ClassVar[tuple[str, ...]] = OPTIMIZER_RUN_FIELDS + (
-        "normalize_constant", "append_eos", "num_unique_examples", "filter_correct", "max_length",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
-    )
+    # The resume check (trl_math.resume) also holds the world size: the batch is per_device_train_batch_size x
+    # gradient_accumulation_steps x world_size.
+    run_properties: ClassVar[tuple[str, ...]] = ("world_size",)
 
     def __post_init__(self):
         def fail(name: str, message: str):
@@ -150,10 +135,7 @@ class MathSFTConfig(SFTConfig):
             fail("num_unique_examples", f"must be a positive integer or None (all), got {self.num_unique_examples}")
         if self.max_length is not None and self.max_length < 2:
             fail("max_length", f"must be >= 2 or None, got {self.max_length}")
-        if self.eval_max_tokens < max(1, self.eval_min_tokens):
-            fail("eval_max_tokens", f"({self.eval_max_tokens}) must be >= max(1, eval_min_tokens={self.eval_min_tokens})")
-        if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
-            fail("eval_temperature, eval_top_p", "need temperature >= 0 and 0 < top_p <= 1")
+        self.check_eval_sampling()
         if self.num_logged_generations < 0:
             fail("num_logged_generations", f"must be >= 0, got {self.num_logged_generations}")
         if self.eval_chunk_size < 1:
@@ -166,15 +148,3 @@ class MathSFTConfig(SFTConfig):
         user = json.loads(self.dataset_kwargs) if isinstance(self.dataset_kwargs, str) else self.dataset_kwargs
         self.dataset_kwargs = {**(user or {}), "skip_prepare_dataset": True}
         super().__post_init__()
-
-    def eval_sampling(self) -> SamplingConfig:
-        """The validation sampling (vLLM SamplingParams' field names)."""
-        return SamplingConfig(
-            temperature=self.eval_temperature,
-            top_p=self.eval_top_p,
-            max_tokens=self.eval_max_tokens,
-            min_tokens=self.eval_min_tokens,
-            stop=[self.eval_stop] if self.eval_stop else [],
-            include_stop_str_in_output=True,
-            seed=self.eval_seed,
-        )

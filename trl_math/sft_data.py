@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from .data import iter_rows
 from .logprobs import tokenize_prompt_and_output
@@ -33,11 +32,6 @@ class SFTDataArguments:
     response_field: str = field(default="response", metadata={"help": "Field holding the target response."})
     ground_truth_field: str = field(
         default="ground_truth", metadata={"help": "Field holding the reference answer (needed by filter_correct)."}
-    )
-
-    # The fields that define a training run (trl_math.resume).
-    run_fields: ClassVar[tuple[str, ...]] = (
-        "sft_source", "sft_split", "prompt_field", "response_field", "ground_truth_field",
     )
 
 

@@ -42,7 +42,8 @@ from .sampling import Sampler, trainer_sampler
 from .sft_config import MathSFTConfig
 from .sft_data import SFTCollator, select_sft_examples
 from .step_metrics import StepTotals
-from .validation import validate, validation_dir, validation_metrics, write_validation_problems
+from .validation import (announce_validation_sampling, validate, validation_dir, validation_metrics,
+                         write_validation_problems)
 
 
 class MathSFTTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
@@ -106,6 +107,7 @@ class MathSFTTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelC
             write_json_atomic(Path(args.output_dir) / "sft_data.json", self.sft_data_stats)
             if self.eval_dataset is not None:
                 write_validation_problems(self.eval_dataset, args.output_dir)
+                announce_validation_sampling(args.eval_sampling())
         if args.eval_strategy != "no":
             self._check_validation_supported()
         self.vllm_generation = None
@@ -191,13 +193,15 @@ class MathSFTTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelC
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Validation accuracy of the current policy (trl_math.validation); logs and returns its metrics.
 
-        Files: <output_dir>/eval/<metric_key_prefix>-step<N>/{generations.jsonl, summary.json}.
+        Files: <output_dir>/eval/<metric_key_prefix>-step<N>/{generations.jsonl, summary.json}. A SIGTERM stops it
+        between chunks (trl_math.preemption); the relaunch resumes it.
         """
         from trl.models.utils import unwrap_model_for_generation
 
         self._check_validation_supported()
         problems = self.eval_dataset if eval_dataset is None else eval_dataset
         step = self.state.global_step
+        final = step >= self.state.max_steps  # the trained policy's: resumable when the policy is the same
         self.model.eval()
         if self.vllm_generation is not None:
             self.vllm_generation.sync_weights()  # every process: gathering sharded weights is collective
@@ -205,10 +209,12 @@ class MathSFTTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelC
             self.model_wrapped, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
         ) as unwrapped:
             result = validate(
-                self.validation_sampler(unwrapped), self.reward_fn, problems,
+                self.validation_sampler(unwrapped), self.args.eval_sampling(), self.reward_fn, problems,
                 validation_dir(self.args.output_dir, metric_key_prefix, step), chunk_size=self.args.eval_chunk_size,
                 extra_summary={"step": step}, pool=self.grading_pool if self.accelerator.is_main_process else None,
-                desc=f"validation (step {step})",
+                desc=f"validation (step {step})", resume=final or self.resuming_validation,
+                fingerprint={"step": step, **({"policy": self.policy_fingerprint()} if final else {})},
+                safe_point=self.validation_safe_point(final),
             )
         metrics = validation_metrics(result, metric_key_prefix)
         self.log(metrics)

@@ -15,13 +15,20 @@ preloaded by the workers), one fresh process per answer.
 
 Workers come from a ``forkserver`` by default (safe next to CUDA and threads, and cheap to
 replace); the clock of an item starts when a ready worker receives it.
+
+A signal sent to the parent's whole process group (torchrun passing a SIGTERM on to each rank's group, a
+Ctrl-C) does not reach the workers: each runs in its own session, and the fork server starts with SIGTERM
+blocked. The parent decides what a signal means (a preempted trainer finishes its validation's chunk with real
+grades) and ends the workers itself: ``close``, or their pipe closing when it dies.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import resource
+import signal
 import sys
 import threading
 import time
@@ -93,6 +100,8 @@ def _prepare_worker(memory_limit_mb: int | None) -> None:
 
 
 def _worker(conn, grade_fn: Callable[..., dict], memory_limit_mb: int | None = None) -> None:
+    os.setsid()  # out of the parent's process group: signals sent to that group do not reach the worker
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked in the fork server (_shielded_from_sigterm)
     _prepare_worker(memory_limit_mb)
     conn.send(("ready", None))
     while True:
@@ -111,6 +120,17 @@ def _worker(conn, grade_fn: Callable[..., dict], memory_limit_mb: int | None = N
         except Exception as exc:  # a grader bug must not kill the batch: count it as wrong
             result = {"error": f"{type(exc).__name__}: {exc}"}
         conn.send((idx, result))
+
+
+@contextmanager
+def _shielded_from_sigterm():
+    """Start processes with SIGTERM blocked (a blocked signal mask is inherited through fork and exec): the fork
+    server, started on the first worker's start, then outlives a SIGTERM sent to the parent's process group."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
@@ -173,7 +193,7 @@ class GradingPool:
     def _start(self) -> list:
         parent, child = self._ctx.Pipe(duplex=True)
         p = self._ctx.Process(target=_worker, args=(child, self.grade_fn, self.memory_limit_mb), daemon=True)
-        with _launching_script_hidden(self.grade_fn):
+        with _launching_script_hidden(self.grade_fn), _shielded_from_sigterm():
             p.start()
         child.close()
         if not parent.poll(self.startup_timeout):

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig, DPOTrainer
 
+from ..checkpoints import ResumableTrainerMixin
 from ..model_card import AssignmentModelCardMixin
 from ..model_saving import FullModelSaveMixin
+from ..resume import RESUME_HELP
 from ..run_log import MetricsLogCallback
 from .alpaca import alpaca_prompt
 from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
@@ -94,6 +96,7 @@ class AlpacaDPOConfig(TotalTrainBatch, DPOConfig):
         default="eval_rewards/accuracies", metadata={"help": "Validation metric that picks the best checkpoint."}
     )
     greater_is_better: bool | None = field(default=True, metadata={"help": "A higher metric_for_best_model is better."})
+    resume: bool = field(default=True, metadata={"help": RESUME_HELP})
 
     def __post_init__(self):
         if isinstance(self.loss_type, str):
@@ -136,7 +139,7 @@ def alpaca_pairs(dataset, name: str):
     )
 
 
-class AlpacaDPOTrainer(FullModelSaveMixin, AssignmentModelCardMixin, DPOTrainer):
+class AlpacaDPOTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, DPOTrainer):
     """DPO on Alpaca-formatted preference pairs with the course's loss (see the module doc).
 
     `train_dataset` / `eval_dataset`: Datasets of {instruction, chosen, rejected} (e.g. `HHDataArguments.load`).

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from ..checkpoints import ResumableTrainerMixin
 from ..model_card import AssignmentModelCardMixin
 from ..model_saving import FullModelSaveMixin
+from ..resume import RESUME_HELP
 from ..run_log import MetricsLogCallback
 from .instruction_data import PackedSFTDataset
 from .total_batch import PER_DEVICE_HELP, TotalTrainBatch
@@ -67,6 +69,7 @@ class InstructionTuningConfig(TotalTrainBatch, SFTConfig):
     max_length: int | None = field(
         default=None, metadata={"help": "Not used: sequences are the packed chunks, of InstructionDataArguments.seq_length."}
     )
+    resume: bool = field(default=True, metadata={"help": RESUME_HELP})
 
     def __post_init__(self):
         for name, accepted in _UNSUPPORTED_TRL_OPTIONS.items():
@@ -100,7 +103,7 @@ def _chunk_rows(split: str, packed: PackedSFTDataset):
     return Dataset.from_dict({"split": [split] * len(packed), "chunk": list(range(len(packed)))})
 
 
-class InstructionTuningTrainer(FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
+class InstructionTuningTrainer(ResumableTrainerMixin, FullModelSaveMixin, AssignmentModelCardMixin, SFTTrainer):
     """SFTTrainer on PackedSFTDataset chunks, labels taken as next tokens (see the module doc).
 
     `train_dataset` / `eval_dataset`: PackedSFTDataset (e.g. `InstructionDataArguments.load_packed`);

@@ -26,6 +26,10 @@ class TotalTrainBatch:
     """Mixin for a TrainingArguments dataclass that declares `total_train_batch_size` and a
     `per_device_train_batch_size` defaulting to None (see the module doc); list it before the TRL config."""
 
+    # The resume check (trl_math.resume) holds the total; the per-device batch follows the process count, which a
+    # relaunch may change.
+    derived_fields = ("per_device_train_batch_size",)
+
     def __post_init__(self):
         name = type(self).__name__
         processes = int(os.environ.get("WORLD_SIZE", "1"))
