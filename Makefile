@@ -22,7 +22,7 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-	VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 $(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 $(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # torch first, pinned: any other spec pulls a CUDA build of several GB onto a machine that has the CPU wheel.
 $(VENV)/.installed-torch:

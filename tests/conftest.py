@@ -20,8 +20,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 # The modules that take minutes on 2 cores, longest first. `make test` runs two pytest-xdist workers, each taking
-# whole modules (--dist loadfile: a module's fixtures are built once); starting these first lets the workers end
-# together instead of one waiting on the other's last long module.
+# whole modules in collection order (--dist loadfile --no-loadscope-reorder: a module's fixtures are built once;
+# xdist's default order, most tests first, would start these few-test modules last); starting them first lets the
+# workers end together instead of one waiting on the other's last long module.
 LONGEST_MODULES = ("test_scale_out.py", "test_vllm_trainers.py", "test_resume.py", "test_grading_course_slow.py",
                    "test_vllm_engine.py", "test_evaluation.py")
 
