@@ -13,6 +13,8 @@ from conftest import REPO_ROOT
 
 def test_recipe_demo_runs_end_to_end_and_writes_summary_and_plot(tmp_path):
     out = tmp_path / "demo"
+    previous = out / "grpo" / "checkpoint-999"  # a previous demo's files: kept, but not mixed into this run's
+    previous.mkdir(parents=True)
     cmd = [sys.executable, str(REPO_ROOT / "recipes" / "grpo.py"), "--demo", "--output_dir", str(out), "--seed", "3",
            "--train_problems", "200", "--validation_problems", "8", "--test_problems", "8", "--test_samples", "1",
            "--sft_max_steps", "4", "--sft_eval_steps", "2", "--sft_batch_size", "16", "--hidden_size", "32",
@@ -28,3 +30,6 @@ def test_recipe_demo_runs_end_to_end_and_writes_summary_and_plot(tmp_path):
     records = [json.loads(line) for line in (out / "test-after" / "generations.jsonl").open()]
     assert len(records) == 8 and summary["held_out_accuracy_after_grpo"] == sum(r["answer_reward"] for r in records) / 8
     assert "held-out answer accuracy" in result.stdout
+    (moved,) = tmp_path.glob("demo.replaced-*")
+    assert (moved / "grpo" / "checkpoint-999").is_dir() and not previous.exists()
+    assert f"the previous demo in {out} moved to {moved}" in result.stdout

@@ -83,6 +83,7 @@ def run_demo(config: DemoConfig) -> dict:
     from .grpo_config import MathGRPOConfig
     from .grpo_trainer import MathGRPOTrainer
     from .plotting import plot_runs
+    from .resume import move_aside
     from .sft_config import MathSFTConfig
     from .sft_trainer import MathSFTTrainer
     from .synthetic import make_arithmetic_splits
@@ -90,6 +91,8 @@ def run_demo(config: DemoConfig) -> dict:
 
     start = time.monotonic()
     out = Path(config.output_dir)
+    if out.is_dir() and any(out.iterdir()):  # each demo starts over; the previous one is kept whole beside it
+        print(f"[demo] the previous demo in {out} moved to {move_aside(out)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     splits = make_arithmetic_splits(config.seed, {"train": config.train_problems, "validation": config.validation_problems,
                                                   "test": config.test_problems})

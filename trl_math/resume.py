@@ -129,7 +129,8 @@ def _mismatches(saved: dict, config: dict) -> list[str]:
     return [differs(name) for name in sorted(saved.keys() & config.keys()) if saved[name] != config[name]]
 
 
-def _move_aside(output_dir: Path) -> Path:
+def move_aside(output_dir: Path) -> Path:
+    """Rename output_dir to `<output_dir>.replaced-<time>` (kept whole, nothing deleted); returns the new path."""
     if Path.cwd().resolve().is_relative_to(output_dir.resolve()):
         raise ValueError(f"output_dir: {output_dir} holds a previous run and contains the working directory, so "
                          "starting over cannot move it aside; choose another output_dir")
@@ -167,7 +168,7 @@ def _decide(output_dir: Path, recipe: str, config: dict, resume: bool, explicit:
         return checkpoint
     if output_dir.exists() and _holds_run(output_dir, latest):
         reason = "--resume false" if resume is False else "it holds no checkpoint to resume"
-        print(f"resume: starting over ({reason}): the previous run moved to {_move_aside(output_dir)}", flush=True)
+        print(f"resume: starting over ({reason}): the previous run moved to {move_aside(output_dir)}", flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_file, {"recipe": recipe, "fields": config})
     return None
