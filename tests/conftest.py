@@ -148,6 +148,13 @@ def assert_resumed_weights(resumed: Path, uninterrupted: Path, before: Path) -> 
     assert any(not torch.equal(start[name], ours[name]) for name in ours), "training changed no weight"
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launch's main process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_sft_examples(path: Path, n: int = 8) -> Path:
     """`n` seeded synthetic SFT examples {prompt (r1_zero), response (a reasoning trace), ground_truth} as JSONL."""
     import json

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import scripted_grpo
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 from test_grpo_trainer import response_log_probs, rows
 from trl_math import batching
 from trl_math.advantages import compute_group_normalized_rewards
@@ -223,9 +222,7 @@ def test_two_processes_equal_one_when_a_process_skips_every_row(untied_checkpoin
     all-reduce). The all-reduced gradients equal one process's, levers off, on the same rollouts."""
     overrides = dict(rollout_batch_size=16, train_batch_size=16, gradient_accumulation_steps=2, max_steps=2,
                      optimizer_lr=0.5, freeze_lm_head=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("WORLD_SIZE", None)

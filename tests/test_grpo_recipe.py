@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from trl_math.advantages import normalize_group_rewards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +83,6 @@ def test_accelerate_configs_load():
 def write_problems(path: Path, n: int) -> Path:
     path.write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(n)))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(tmp_path, checkpoint, processes: int, *overrides: str, timeout: int = 240, validation_problems: int = 12):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 from trl import TrlParser
 
-from conftest import REPO_ROOT, assert_resumed_weights, write_sft_examples
+from conftest import REPO_ROOT, assert_resumed_weights, free_port, write_sft_examples
 from test_grpo_recipe import CONFIGS, REWARD_MODULE, parse, write_problems
 from trl_math.checkpoints import PENDING_VALIDATION_FILE, STAGING_DIR, TRAINING_TIME_FILE, publish
 from trl_math.preemption import PREEMPTED_EXIT_CODE, Preemption
@@ -508,9 +507,7 @@ def test_grpo_two_processes_stop_together_when_one_gets_sigterm(grpo_setup, tmp_
     import psutil
 
     out = tmp_path / "run"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                str(port), *grpo(grpo_setup, out)[1:]]

